@@ -1,0 +1,615 @@
+"""Reading and writing BVH motion-capture files.
+
+Conventions (the ones Blender's importer uses, stated once):
+
+- Each joint keeps its own CHANNELS list; rotation channels are intrinsic Euler angles
+  in degrees, applied in the order listed. A missing rotation axis is zero.
+- A joint's local translation is its OFFSET, except that the joint's own position
+  channels *replace* the matching OFFSET components (the MotionBuilder reading).
+- ``world_pos(j) = world_pos(parent) + world_rot(parent) @ local_pos(j)``.
+
+Lengths stay in the file's units; axis and unit changes live in ``motionode.axes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from motionode.rotations import check_order, euler_to_matrix, matrix_to_euler
+from motionode.rotations import unwrap_euler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BVHError", "Clip", "Skeleton", "read_bvh", "parse_bvh", "write_bvh"]
+
+POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
+ROTATION_CHANNELS = ("Xrotation", "Yrotation", "Zrotation")
+_VALID_CHANNELS = {c.lower(): c for c in POSITION_CHANNELS + ROTATION_CHANNELS}
+
+
+class BVHError(ValueError):
+    """A BVH file that cannot be read; the message reads ``path:line: problem``."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        self.path, self.line = path, line
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class Skeleton:
+    """A joint hierarchy, in depth-first file order (parents before children).
+
+    Attributes:
+        names: joint names exactly as written (spaces, ':' and '.' kept).
+        parents: (J,) int, index of each joint's parent, -1 for the root.
+        offsets: (J, 3) float64 OFFSET of each joint in its parent's frame.
+        channels: per joint, its channel names in file order (0 to 6 of them).
+        end_parents: (E,) int, the joint each End Site hangs from.
+        end_offsets: (E, 3) float64 End Site offsets.
+    """
+
+    names: list[str]
+    parents: np.ndarray
+    offsets: np.ndarray
+    channels: list[tuple[str, ...]]
+    end_parents: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    end_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_channels(self) -> int:
+        return sum(len(c) for c in self.channels)
+
+    def channel_starts(self) -> np.ndarray:
+        """(J,) int, column of each joint's first channel in a motion row."""
+        counts = [len(c) for c in self.channels]
+        return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+
+    def rotation_order(self, joint: int) -> str:
+        """Order of the joint's rotation axes, e.g. "ZXY"; absent axes appended."""
+        axes = [c[0] for c in self.channels[joint] if c in ROTATION_CHANNELS]
+        return "".join(axes + [a for a in "XYZ" if a not in axes])
+
+    def index(self, name: str) -> int:
+        """Index of the joint called ``name``; KeyError lists nearby names if absent."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"joint {name!r} not in skeleton {self.names}") from None
+
+    def with_rotation_order(self, order: str) -> Skeleton:
+        """The same skeleton with every joint's rotation channels in ``order``."""
+        order = check_order(order)
+        channels = []
+        for chans in self.channels:
+            pos = [c for c in chans if c in POSITION_CHANNELS]
+            rot = [f"{a}rotation" for a in order] if len(pos) < len(chans) else []
+            channels.append(tuple(pos + rot))
+        return Skeleton(
+            list(self.names),
+            self.parents.copy(),
+            self.offsets.copy(),
+            channels,
+            self.end_parents.copy(),
+            self.end_offsets.copy(),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready description of the skeleton."""
+        return {
+            "names": list(self.names),
+            "parents": [int(p) for p in self.parents],
+            "offsets": np.asarray(self.offsets, dtype=float).tolist(),
+            "channels": [list(c) for c in self.channels],
+            "end_parents": [int(p) for p in self.end_parents],
+            "end_offsets": np.asarray(self.end_offsets, dtype=float).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Skeleton:
+        """Inverse of :meth:`to_dict`; raises ValueError on a malformed description."""
+        try:
+            sk = cls(
+                [str(n) for n in data["names"]],
+                np.asarray(data["parents"], dtype=int),
+                np.asarray(data["offsets"], dtype=np.float64).reshape(-1, 3),
+                [tuple(str(c) for c in chans) for chans in data["channels"]],
+                np.asarray(data.get("end_parents", []), dtype=int),
+                np.asarray(data.get("end_offsets", []), dtype=np.float64).reshape(-1, 3),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"skeleton description: missing or bad field {exc}") from exc
+        sk.validate()
+        return sk
+
+    def validate(self) -> None:
+        """Raise ValueError if the arrays disagree or parents are not topological."""
+        n = len(self.names)
+        if self.parents.shape != (n,) or self.offsets.shape != (n, 3):
+            raise ValueError("skeleton: names, parents and offsets differ in length")
+        if len(self.channels) != n:
+            raise ValueError("skeleton: one channel list per joint expected")
+        for j, p in enumerate(self.parents):
+            if not (p == -1 if j == 0 else 0 <= p < j):
+                raise ValueError(f"skeleton: joint {j} has bad parent {p}")
+        for chans in self.channels:
+            for c in chans:
+                if c not in _VALID_CHANNELS.values():
+                    raise ValueError(f"skeleton: unknown channel {c!r}")
+        if len(self.end_parents) != len(self.end_offsets):
+            raise ValueError("skeleton: end_parents and end_offsets differ in length")
+
+    def height(self, local_pos: np.ndarray | None = None) -> float:
+        """Rest-pose extent along the largest axis (file units), for tolerances."""
+        from motionode.kinematics import forward_kinematics
+
+        rot = np.broadcast_to(np.eye(3), (self.num_joints, 3, 3))
+        pos = self.offsets if local_pos is None else local_pos
+        world_pos, world_rot = forward_kinematics(self.parents, rot, pos)
+        ends = world_pos[self.end_parents] + np.einsum(
+            "eij,ej->ei", world_rot[self.end_parents], self.end_offsets
+        )
+        pts = np.concatenate([world_pos, ends])
+        return float(np.max(np.ptp(pts, axis=0)))
+
+
+@dataclass
+class Clip:
+    """A skeleton plus its motion.
+
+    Attributes:
+        skeleton: the joint hierarchy.
+        motion: (F, C) float64 channel values, one row per frame, in file order;
+            angles in degrees.
+        frame_time: seconds between frames, as written in the file.
+        source: where the clip came from (a path, or a short description).
+    """
+
+    skeleton: Skeleton
+    motion: np.ndarray
+    frame_time: float
+    source: str = "<memory>"
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.motion.shape[0])
+
+    @property
+    def fps(self) -> float:
+        """Frame rate, snapped to a whole number when the file's rounding hides it.
+
+        Files write 1/120 as 0.008333 (120.005 fps) or 1/60 as 0.0166667; within a
+        relative 2e-4 of a whole number, the whole number is meant.
+        """
+        raw = 1.0 / self.frame_time
+        nearest = round(raw)
+        if nearest > 0 and abs(raw - nearest) <= 2e-4 * raw:
+            return float(nearest)
+        return raw
+
+    @property
+    def times(self) -> np.ndarray:
+        """(F,) float64 timestamps in seconds: frame index times the frame period."""
+        return np.arange(self.num_frames, dtype=np.float64) / self.fps
+
+    def local_transforms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame local rotations (F, J, 3, 3) and translations (F, J, 3)."""
+        return channels_to_local(self.skeleton, self.motion)
+
+    def world_positions(self, include_end_sites: bool = False) -> np.ndarray:
+        """(F, J, 3) float64 world joint positions, plus (F, E, 3) end sites if asked."""
+        from motionode.kinematics import forward_kinematics
+
+        local_rot, local_pos = self.local_transforms()
+        world_pos, world_rot = forward_kinematics(self.skeleton.parents, local_rot, local_pos)
+        if not include_end_sites:
+            return world_pos
+        sk = self.skeleton
+        ends = world_pos[:, sk.end_parents] + np.einsum(
+            "fejk,ek->fej", world_rot[:, sk.end_parents], sk.end_offsets
+        )
+        return np.concatenate([world_pos, ends], axis=1)
+
+
+def channels_to_local(skeleton: Skeleton, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Channel rows (F, C) to local rotations (F, J, 3, 3) and translations (F, J, 3)."""
+    motion = np.asarray(motion, dtype=np.float64)
+    num_frames, num_joints = motion.shape[0], skeleton.num_joints
+    local_pos = np.broadcast_to(skeleton.offsets, (num_frames, num_joints, 3)).copy()
+    local_rot = np.empty((num_frames, num_joints, 3, 3))
+    starts = skeleton.channel_starts()
+    for j, chans in enumerate(skeleton.channels):
+        angles = np.zeros((num_frames, 3))
+        for k, name in enumerate(chans):
+            col = motion[:, starts[j] + k]
+            axis = "XYZ".index(name[0])
+            if name in POSITION_CHANNELS:
+                local_pos[:, j, axis] = col
+        order = skeleton.rotation_order(j)
+        for k, name in enumerate(chans):
+            if name in ROTATION_CHANNELS:
+                angles[:, order.index(name[0])] = motion[:, starts[j] + k]
+        local_rot[:, j] = euler_to_matrix(np.radians(angles), order)
+    return local_rot, local_pos
+
+
+def local_to_channels(
+    skeleton: Skeleton, local_rot: np.ndarray, local_pos: np.ndarray
+) -> np.ndarray:
+    """Local rotations (F, J, 3, 3) and translations (F, J, 3) to channel rows (F, C).
+
+    Euler angles come out continuous over frames (no 360-degree jumps). Joints with
+    fewer than three rotation channels keep only their listed axes; the caller must
+    not ask them for rotations about the missing axes.
+    """
+    num_frames = local_rot.shape[0]
+    motion = np.zeros((num_frames, skeleton.num_channels))
+    starts = skeleton.channel_starts()
+    for j, chans in enumerate(skeleton.channels):
+        if not chans:
+            continue
+        order = skeleton.rotation_order(j)
+        angles = None
+        if any(c in ROTATION_CHANNELS for c in chans):
+            angles = np.degrees(unwrap_euler(matrix_to_euler(local_rot[:, j], order), order))
+        for k, name in enumerate(chans):
+            axis = "XYZ".index(name[0])
+            if name in POSITION_CHANNELS:
+                motion[:, starts[j] + k] = local_pos[:, j, axis]
+            else:
+                motion[:, starts[j] + k] = angles[:, order.index(name[0])]
+    return motion
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_bvh(path: str | os.PathLike) -> Clip:
+    """Read a BVH file.
+
+    Raises:
+        BVHError: the file is not valid BVH; the message names the file and line.
+        OSError: the file cannot be opened.
+    """
+    path = str(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BVHError(path, line, "expected UTF-8 text, got undecodable bytes") from None
+    return parse_bvh(text, path)
+
+
+_TOKEN = re.compile(r"\S+")
+
+
+def parse_bvh(text: str, path: str = "<string>") -> Clip:
+    """Parse BVH ``text``; ``path`` is used in error messages only."""
+    if "\x00" in text:
+        raise BVHError(path, text.count("\n", 0, text.index("\x00")) + 1,
+                       "expected text, got binary data (NUL byte)")
+    lines = text.splitlines()
+    skeleton, line_no = _parse_hierarchy(lines, path)
+    motion, frame_time = _parse_motion(lines, line_no, skeleton, path)
+    return Clip(skeleton, motion, frame_time, path)
+
+
+def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
+    """Parse from HIERARCHY to MOTION; returns the skeleton and MOTION's line index."""
+    names: list[str] = []
+    parents: list[int] = []
+    offsets: list[list[float]] = []
+    channels: list[tuple[str, ...]] = []
+    end_parents: list[int] = []
+    end_offsets: list[list[float]] = []
+    # Stack of open blocks: joint index, or -2 for an End Site, with its line.
+    stack: list[tuple[int, int]] = []
+    pending: int | None = None  # block declared, "{" not yet seen
+    seen_header = seen_root = False
+
+    n = 0
+    for n, raw in enumerate(lines):
+        toks = raw.split()
+        if not toks:
+            continue
+        line = n + 1
+        key = toks[0].upper()
+        if not seen_header:
+            if key != "HIERARCHY":
+                raise BVHError(path, line, f"expected 'HIERARCHY', got {raw.strip()[:40]!r}")
+            seen_header = True
+            continue
+        if key in ("ROOT", "JOINT"):
+            if len(toks) < 2:
+                raise BVHError(path, line, f"expected a joint name after {toks[0]}")
+            if key == "ROOT" and (seen_root or stack):
+                raise BVHError(path, line, "expected one ROOT, got a second")
+            if key == "JOINT" and (not stack or stack[-1][0] < 0):
+                raise BVHError(path, line, "expected JOINT inside a joint block")
+            if pending is not None:
+                raise BVHError(path, line, f"expected '{{', got {toks[0]!r}")
+            seen_root = True
+            # Names keep inner spaces exactly: take the text after the keyword.
+            name = raw.strip()[len(toks[0]):].strip()
+            names.append(name)
+            parents.append(stack[-1][0] if stack else -1)
+            offsets.append([0.0, 0.0, 0.0])
+            channels.append(())
+            pending = len(names) - 1
+        elif key == "END":
+            if len(toks) < 2 or toks[1].upper() != "SITE":
+                raise BVHError(path, line, f"expected 'End Site', got {raw.strip()[:40]!r}")
+            if not stack or stack[-1][0] < 0 or pending is not None:
+                raise BVHError(path, line, "expected End Site inside a joint block")
+            end_parents.append(stack[-1][0])
+            end_offsets.append([0.0, 0.0, 0.0])
+            pending = -2
+        elif key == "{":
+            if pending is None:
+                raise BVHError(path, line, "expected ROOT, JOINT or End Site before '{'")
+            stack.append((pending, line))
+            pending = None
+        elif key == "}":
+            if not stack:
+                raise BVHError(path, line, "unbalanced '}': no open block")
+            stack.pop()
+        elif key == "OFFSET":
+            if not stack or pending is not None:
+                raise BVHError(path, line, "expected OFFSET inside a block")
+            vals = _floats(toks[1:], 3, path, line, "OFFSET")
+            if stack[-1][0] == -2:
+                end_offsets[-1] = vals
+            else:
+                offsets[stack[-1][0]] = vals
+        elif key == "CHANNELS":
+            if not stack or stack[-1][0] < 0:
+                raise BVHError(path, line, "expected CHANNELS inside a joint block")
+            channels[stack[-1][0]] = _channels(toks, path, line)
+        elif key == "MOTION":
+            if stack or pending is not None:
+                open_line = stack[-1][1] if stack else line
+                raise BVHError(path, line, f"expected '}}' closing the block opened at "
+                               f"line {open_line}, got 'MOTION'")
+            if not names:
+                raise BVHError(path, line, "expected a ROOT joint before MOTION")
+            sk = Skeleton(
+                names,
+                np.asarray(parents, dtype=int),
+                np.asarray(offsets, dtype=np.float64),
+                channels,
+                np.asarray(end_parents, dtype=int),
+                np.asarray(end_offsets, dtype=np.float64).reshape(-1, 3),
+            )
+            return sk, n
+        else:
+            raise BVHError(path, line, f"expected a hierarchy keyword, got {toks[0][:40]!r}")
+    if not seen_header:
+        raise BVHError(path, n + 1 if lines else 1, "expected 'HIERARCHY', got end of file")
+    raise BVHError(path, len(lines), "expected 'MOTION', got end of file")
+
+
+def _floats(toks: list[str], count: int, path: str, line: int, what: str) -> list[float]:
+    if len(toks) != count:
+        raise BVHError(path, line, f"expected {count} numbers after {what}, got {len(toks)}")
+    try:
+        vals = [float(t) for t in toks]
+    except ValueError:
+        bad = next(t for t in toks if not _is_float(t))
+        raise BVHError(path, line, f"expected a number in {what}, got {bad[:40]!r}") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise BVHError(path, line, f"expected finite numbers in {what}, got {toks}")
+    return vals
+
+
+def _is_float(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def _channels(toks: list[str], path: str, line: int) -> tuple[str, ...]:
+    if len(toks) < 2 or not toks[1].isdigit():
+        got = toks[1] if len(toks) > 1 else "end of line"
+        raise BVHError(path, line, f"expected a channel count after CHANNELS, got {got!r}")
+    count = int(toks[1])
+    names = toks[2:]
+    if count > 6 or len(names) != count:
+        raise BVHError(path, line, f"expected {count} channel names (at most 6), "
+                       f"got {len(names)}")
+    out = []
+    for tok in names:
+        canon = _VALID_CHANNELS.get(tok.lower())
+        if canon is None:
+            raise BVHError(path, line, f"expected a channel name like Xrotation or "
+                           f"Yposition, got {tok[:40]!r}")
+        if canon in out:
+            raise BVHError(path, line, f"expected each channel once, got {tok!r} twice")
+        out.append(canon)
+    return tuple(out)
+
+
+def _header_value(lines: list[str], idx: int, label: str, path: str) -> tuple[str, int]:
+    """Find the next non-blank line at or after ``idx``; it must start with ``label``."""
+    while idx < len(lines) and not lines[idx].strip():
+        idx += 1
+    if idx >= len(lines):
+        raise BVHError(path, len(lines), f"expected '{label}', got end of file")
+    stripped = lines[idx].strip()
+    head = " ".join(stripped.split()[: len(label.split())])
+    if head.lower() != label.lower():
+        raise BVHError(path, idx + 1, f"expected '{label}', got {stripped[:40]!r}")
+    return stripped[len(head):].strip(), idx
+
+
+def _parse_motion(
+    lines: list[str], motion_idx: int, skeleton: Skeleton, path: str
+) -> tuple[np.ndarray, float]:
+    value, idx = _header_value(lines, motion_idx + 1, "Frames:", path)
+    if not value.isdigit():
+        raise BVHError(path, idx + 1, f"expected a whole frame count, got {value[:40]!r}")
+    declared = int(value)
+    value, idx = _header_value(lines, idx + 1, "Frame Time:", path)
+    try:
+        frame_time = float(value)
+    except ValueError:
+        raise BVHError(path, idx + 1, f"expected a frame time in seconds, got "
+                       f"{value[:40]!r}") from None
+    if not (math.isfinite(frame_time) and frame_time > 0):
+        raise BVHError(path, idx + 1, f"expected a positive frame time, got {value!r}")
+
+    first = idx + 1
+    data_lines = [i for i in range(first, len(lines)) if lines[i].strip()]
+    num_channels = skeleton.num_channels
+    block = "\n".join(lines[i] for i in data_lines)
+    values = _fast_floats(block)
+    if values is None or len(values) != len(data_lines) * num_channels:
+        values = _slow_rows(lines, data_lines, num_channels, path)
+    motion = values.reshape(len(data_lines), num_channels)  # (F, C)
+
+    if num_channels == 0 and declared:
+        motion = np.zeros((declared, 0))
+    if len(motion) != declared:
+        warnings.warn(f"{path}: Frames: says {declared}, found {len(motion)} complete "
+                      f"rows; keeping {len(motion)}", stacklevel=3)
+    bad = ~np.isfinite(motion)
+    if bad.any():
+        f, c = np.argwhere(bad)[0]
+        raise BVHError(path, data_lines[f] + 1, f"expected finite values, got "
+                       f"{motion[f, c]} in frame {f} channel {c} "
+                       f"({_channel_label(skeleton, c)})")
+    return motion, frame_time
+
+
+def _fast_floats(block: str) -> np.ndarray | None:
+    """All numbers in ``block`` via numpy's C parser, or None if any token is not one."""
+    if not block:
+        return np.zeros(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return np.fromstring(block, dtype=np.float64, sep=" ")
+        except (DeprecationWarning, ValueError):
+            return None
+
+
+def _slow_rows(lines: list[str], data_lines: list[int], width: int, path: str) -> np.ndarray:
+    """Parse row by row to find and name the first bad line."""
+    rows = []
+    for i in data_lines:
+        toks = lines[i].split()
+        if len(toks) != width:
+            what = "row cut short" if len(toks) < width else "too many values"
+            raise BVHError(path, i + 1, f"expected {width} values per motion row, got "
+                           f"{len(toks)} ({what})")
+        try:
+            rows.append([float(t) for t in toks])
+        except ValueError:
+            bad = next(t for t in toks if not _is_float(t))
+            raise BVHError(path, i + 1, f"expected a number, got {bad[:40]!r}") from None
+    return np.asarray(rows, dtype=np.float64).reshape(-1)
+
+
+def _channel_label(skeleton: Skeleton, column: int) -> str:
+    starts = skeleton.channel_starts()
+    j = int(np.searchsorted(starts, column, side="right") - 1)
+    while j > 0 and not skeleton.channels[j]:
+        j -= 1
+    return f"{skeleton.names[j]} {skeleton.channels[j][column - starts[j]]}"
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def format_bvh(clip: Clip) -> str:
+    """The clip as BVH text (LF line endings, shortest round-tripping floats)."""
+    sk = clip.skeleton
+    motion = np.asarray(clip.motion, dtype=np.float64)
+    if motion.shape[1:] != (sk.num_channels,):
+        raise ValueError(f"motion: expected (F, {sk.num_channels}) values, got "
+                         f"{motion.shape}")
+    if not np.isfinite(motion).all():
+        f, c = np.argwhere(~np.isfinite(motion))[0]
+        raise ValueError(f"motion: non-finite value {motion[f, c]} in frame {f} "
+                         f"channel {c}; refusing to write it")
+    if not (math.isfinite(clip.frame_time) and clip.frame_time > 0):
+        raise ValueError(f"frame_time: expected a positive number, got {clip.frame_time}")
+
+    out = ["HIERARCHY"]
+    children: dict[int, list[int]] = {}
+    for j, p in enumerate(sk.parents):
+        children.setdefault(int(p), []).append(j)
+    ends: dict[int, list[int]] = {}
+    for e, p in enumerate(sk.end_parents):
+        ends.setdefault(int(p), []).append(e)
+
+    def emit(j: int, depth: int) -> None:
+        pad = "  " * depth
+        out.append(f"{pad}{'ROOT' if depth == 0 else 'JOINT'} {sk.names[j]}")
+        out.append(pad + "{")
+        out.append(f"{pad}  OFFSET {_fmt_row(sk.offsets[j])}")
+        out.append(f"{pad}  CHANNELS {len(sk.channels[j])} {' '.join(sk.channels[j])}"
+                   .rstrip())
+        for c in children.get(j, []):
+            emit(c, depth + 1)
+        for e in ends.get(j, []):
+            out += [f"{pad}  End Site", f"{pad}  {{",
+                    f"{pad}    OFFSET {_fmt_row(sk.end_offsets[e])}", f"{pad}  }}"]
+        out.append(pad + "}")
+
+    emit(0, 0)
+    out += ["MOTION", f"Frames: {len(motion)}", f"Frame Time: {clip.frame_time!r}"]
+    out += [_fmt_row(row) for row in motion]
+    return "\n".join(out) + "\n"
+
+
+def _fmt_row(values: np.ndarray) -> str:
+    # repr gives the shortest text that reads back to the same float64.
+    return " ".join(repr(v) for v in np.asarray(values, dtype=np.float64).tolist())
+
+
+def write_bvh(path: str | os.PathLike, clip: Clip, rotation_order: str | None = None) -> None:
+    """Write ``clip`` to ``path`` atomically (temporary file, then rename).
+
+    Args:
+        rotation_order: if given, re-express every joint's rotation channels in this
+            order (e.g. "XYZ"); joint positions are unchanged.
+    """
+    if rotation_order is not None:
+        clip = reorder_rotations(clip, rotation_order)
+    text = format_bvh(clip)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    logger.info("wrote %s (%d frames)", path, clip.num_frames)
+
+
+def reorder_rotations(clip: Clip, order: str) -> Clip:
+    """The same motion with every joint's rotations written in ``order``."""
+    local_rot, local_pos = clip.local_transforms()
+    skeleton = clip.skeleton.with_rotation_order(order)
+    motion = local_to_channels(skeleton, local_rot, local_pos)
+    return Clip(skeleton, motion, clip.frame_time, clip.source)

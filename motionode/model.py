@@ -1,0 +1,194 @@
+"""The latent-ODE VAE: encoder over timed frames, ODE dynamics, pose decoder.
+
+This is the only module that imports torchdiffeq. ODE time is always float64 while
+the state keeps the network's dtype, so long streams never lose time resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+import torchdiffeq
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelConfig", "LatentODEVAE", "odeint_grid"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the latent-ODE VAE; stored in every checkpoint."""
+
+    feature_dim: int  # D, size of one pose-feature vector
+    latent_dim: int = 48  # L, size of the ODE state
+    hidden: int = 256  # width of the encoder GRU and the decoder MLP
+    ode_hidden: int = 192  # width of the dynamics MLP
+    solver_rate: float = 30.0  # fixed RK4 steps per second of motion
+    anchor_tau: float = 0.3  # seconds over which a continuation's start offset fades
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+class _Dynamics(nn.Module):
+    """Autonomous latent vector field dz/dt = f(z); autonomy lets a stream run forever."""
+
+    def __init__(self, latent: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent, hidden), nn.SiLU(),
+            nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, latent), nn.Tanh(),
+        )
+        self.scale = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.net(z)
+
+
+def odeint_grid(
+    func, y0: torch.Tensor, times: torch.Tensor, rate: float
+) -> torch.Tensor:
+    """Solve from ``times[0]`` through ``times`` (float64, monotonic) with RK4.
+
+    Steps are 1/rate long; the last step before each output time is shortened to land
+    on it exactly, so outputs are solver states, never interpolated ones.
+
+    Returns:
+        (len(times), *y0.shape) states.
+    """
+    return torchdiffeq.odeint(
+        func, y0, times, method="rk4", options={"step_size": 1.0 / rate,
+                                                "perturb": False}
+    )
+
+
+class LatentODEVAE(nn.Module):
+    """Encoder q(z0 | timed frames), latent ODE, and decoder z -> pose features."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, lat, hid = config.feature_dim, config.latent_dim, config.hidden
+        self.encoder_in = nn.Linear(dim + 2, hid)
+        self.encoder = nn.GRUCell(hid, hid)
+        self.encoder_out = nn.Linear(hid, 2 * lat)
+        self.dynamics = _Dynamics(lat, config.ode_hidden)
+        self.decoder = nn.Sequential(
+            nn.Linear(lat, hid), nn.SiLU(),
+            nn.Linear(hid, hid), nn.SiLU(),
+            nn.Linear(hid, dim),
+        )
+
+    def encode(
+        self, obs: torch.Tensor, mask: torch.Tensor, times: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior of the latent state at the last observed frame.
+
+        Args:
+            obs: (B, T, D) normalised features, oldest first.
+            mask: (B, T) bool, which frames were observed; the last must be.
+            times: (B, T) float64 seconds relative to the last frame (all <= 0).
+
+        Returns:
+            mean and log-variance, each (B, L).
+        """
+        B, T, D = obs.shape
+        hid = self.config.hidden
+        h = obs.new_zeros(B, hid)
+        last_seen = torch.full((B,), float("nan"), dtype=times.dtype, device=obs.device)
+        for i in range(T):
+            # Gap since the previous observed frame, and distance to the anchor.
+            gap = torch.nan_to_num(times[:, i] - last_seen, nan=1.0)
+            time_in = torch.stack([torch.log1p(gap * 10.0), times[:, i]], dim=1)
+            x = torch.cat([obs[:, i], time_in.to(obs.dtype)], dim=1)  # (B, D + 2)
+            h_new = self.encoder(torch.tanh(self.encoder_in(x)), h)
+            seen = mask[:, i, None]
+            h = torch.where(seen, h_new, h)
+            last_seen = torch.where(mask[:, i], times[:, i], last_seen)
+        stats = self.encoder_out(h)  # (B, 2L)
+        mean, logvar = stats.chunk(2, dim=1)
+        return mean, logvar.clamp(-12.0, 6.0)
+
+    def solve(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Latent states at per-sample times.
+
+        Args:
+            z0: (B, L) states at time 0.
+            times: (B, T) float64 seconds, each row sorted away from 0 (all >= 0 or
+                all <= 0); rows may differ: the solve runs over their sorted union.
+
+        Returns:
+            (B, T, L) states.
+        """
+        B, T = times.shape
+        sign = -1.0 if bool((times <= 0).all()) else 1.0
+        union, inverse = torch.unique(times.abs().reshape(-1), return_inverse=True)
+        if union[0] != 0:
+            union = torch.cat([union.new_zeros(1), union])
+            inverse = inverse + 1
+        grid = sign * union  # (U,) float64 from 0 outwards
+        if len(grid) == 1:
+            return z0[:, None].expand(B, T, -1)
+        path = odeint_grid(self.dynamics, z0, grid, self.config.solver_rate)  # (U,B,L)
+        inverse = inverse.reshape(B, T)
+        batch = torch.arange(B, device=z0.device)[:, None]
+        return path[inverse, batch]  # (B, T, L)
+
+    def forward(
+        self,
+        obs: torch.Tensor,
+        mask: torch.Tensor,
+        obs_times: torch.Tensor,
+        pred_times: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Reconstruct observed frames and continue past the last one.
+
+        Args:
+            obs, mask, obs_times: as for :meth:`encode`.
+            pred_times: (B, P) float64 seconds after the last observed frame (> 0).
+            generator: source of the posterior sample's noise.
+
+        Returns:
+            dict with ``recon`` (B, T, D), ``pred`` (B, P, D), ``mean``, ``logvar``.
+        """
+        mean, logvar = self.encode(obs, mask, obs_times)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device,
+                            dtype=mean.dtype)
+        z0 = mean + noise * torch.exp(0.5 * logvar)  # (B, L)
+
+        recon = self.decoder(self.solve(z0, obs_times))  # (B, T, D)
+        z_pred = self.solve(z0, pred_times)  # (B, P, L)
+        anchor = obs[:, -1] - self.decoder(z0)  # (B, D)
+        fade = self.fade(pred_times).to(anchor.dtype)[..., None]  # (B, P, 1)
+        pred = self.decoder(z_pred) + fade * anchor[:, None]
+        return {"recon": recon, "pred": pred, "mean": mean, "logvar": logvar}
+
+    def fade(self, dt: torch.Tensor) -> torch.Tensor:
+        """Weight of the start offset ``dt`` seconds into a continuation (1 at 0).
+
+        Starting a continuation exactly at the last observed pose matters: a model
+        whose first predicted frame jumps loses to simply holding that pose.
+        """
+        return torch.exp(-dt.abs() / self.config.anchor_tau)
+
+
+def kl_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q || N(0, I)) per sample, summed over latent dims: (B,)."""
+    return 0.5 * torch.sum(mean**2 + logvar.exp() - 1.0 - logvar, dim=-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,309 @@
+"""Training the latent-ODE VAE on BVH clips of one rig.
+
+Every step draws its batch from a generator seeded by (seed, step), so a run resumed
+from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from motionode import features as feat
+from motionode.bvh import Clip, read_bvh
+from motionode.checkpoint import load_checkpoint, save_checkpoint
+from motionode.model import LatentODEVAE, ModelConfig, kl_normal
+from motionode.torchpose import FeatureFK
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "Trainer", "find_clips", "load_training_clips", "pick_device"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; stored in every checkpoint."""
+
+    obs_frames: int = 30  # observed frames before the continuation point (1 s at 30 fps)
+    pred_frames: int = 45  # frames predicted after it (1.5 s at 30 fps)
+    train_fps: float = 30.0  # clips are strided down to about this rate
+    batch_size: int = 64  # windows per step
+    steps: int = 6000  # optimiser steps in all
+    lr: float = 1e-3  # Adam learning rate at the start (cosine decay to 5%)
+    kl_weight: float = 1e-3  # weight of KL(q(z0) || N(0, I))
+    fk_weight: float = 10.0  # weight of the mean joint-position error, in metres
+    drop_max: float = 0.5  # each window drops up to this fraction of observed frames
+    checkpoint_every: int = 250  # steps between checkpoints
+    seed: int = 0  # fixes initial weights and every batch
+    units_to_m: float = 0.01  # metres per rig length unit (0.01 for centimetres)
+    licence: str = "unknown"  # licence of the training clips, kept in the model
+    max_recoveries: int = 5  # non-finite steps in a row before giving up
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"train config: unknown keys {sorted(unknown)}; valid: "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def find_clips(inputs: list[str], exclude: list[str] = ()) -> list[Path]:
+    """BVH files named by ``inputs`` (files or folders, searched recursively), sorted,
+    minus those whose file name matches an ``exclude`` glob pattern."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() == ".bvh")
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"clips: {item!r} is neither a file nor a folder")
+    return [p for p in out if not any(fnmatch.fnmatch(p.name, x) for x in exclude)]
+
+
+def stride_clip(clip: Clip, fps: float) -> Clip:
+    """Keep every k-th frame so the rate is near ``fps`` (real frames, no resampling)."""
+    k = max(1, round(clip.fps / fps))
+    if k == 1:
+        return clip
+    return Clip(clip.skeleton, clip.motion[::k], clip.frame_time * k, clip.source)
+
+
+@dataclass
+class _Data:
+    feats: list[np.ndarray]  # per clip (N, D) float32 normalised features
+    times: list[np.ndarray]  # per clip (N,) float64 seconds
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class Trainer:
+    """Owns the model, optimiser, data and checkpoints of one training run."""
+
+    def __init__(self, clips: list[Clip], config: TrainConfig,
+                 model_config: ModelConfig | None = None, device: str = "auto",
+                 spec: feat.FeatureSpec | None = None) -> None:
+        self.config = config
+        self.device = pick_device(device)
+        self.clips = [stride_clip(c, config.train_fps) for c in clips]
+        self.spec = spec or feat.build_spec(self.clips, config.units_to_m)
+        self.model_config = model_config or ModelConfig(feature_dim=self.spec.dim)
+        if self.model_config.feature_dim != self.spec.dim:
+            raise ValueError(f"model config: feature_dim {self.model_config.feature_dim}"
+                             f" does not match the rig's {self.spec.dim}")
+        torch.manual_seed(config.seed)
+        self.model = LatentODEVAE(self.model_config).to(self.device)
+        self.fk = FeatureFK(self.spec).to(self.device)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.step = 0
+        self.data = self._prepare()
+
+    def _prepare(self) -> _Data:
+        feats, times = [], []
+        for c in self.clips:
+            ff = feat.encode(self.spec, c)
+            feats.append(self.spec.normalize(ff.pose).astype(np.float32))
+            times.append(ff.times)
+        lengths = np.array([len(f) for f in feats], dtype=np.float64)
+        usable = np.where(lengths >= 2, lengths, 0.0)
+        if usable.sum() == 0:
+            raise ValueError("clips: every clip is shorter than two frames")
+        return _Data(feats, times, usable / usable.sum())
+
+    # ------------------------------------------------------------------ batches
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of ``step``: a pure function of (seed, step)."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, step])
+        B, T, P = cfg.batch_size, cfg.obs_frames, cfg.pred_frames
+        D = self.spec.dim
+        obs = np.zeros((B, T, D), np.float32)
+        obs_valid = np.zeros((B, T), bool)
+        obs_t = np.zeros((B, T))
+        pred = np.zeros((B, P, D), np.float32)
+        pred_valid = np.zeros((B, P), bool)
+        pred_t = np.zeros((B, P))
+        step_t = 1.0 / cfg.train_fps
+        for b in range(B):
+            c = rng.choice(len(self.data.feats), p=self.data.weights)
+            x, t = self.data.feats[c], self.data.times[c]
+            a = int(rng.integers(0, len(x) - 1))
+            idx = np.arange(a - T + 1, a + P + 1)
+            ok = (idx >= 0) & (idx < len(x))
+            safe = np.clip(idx, 0, len(x) - 1)
+            # Missing frames get nominal times so every row stays sorted.
+            rel = np.where(ok, t[safe] - t[a], (idx - a) * step_t)
+            obs[b], pred[b] = x[safe[:T]], x[safe[T:]]
+            obs_valid[b], pred_valid[b] = ok[:T], ok[T:]
+            obs_t[b], pred_t[b] = rel[:T], rel[T:]
+        keep = rng.random((B, T)) >= rng.uniform(0, cfg.drop_max, (B, 1))
+        keep[:, -1] = True
+        dev = self.device
+        as_t = lambda a, dt=None: torch.as_tensor(a, device=dev, dtype=dt)  # noqa: E731
+        return {
+            "obs": as_t(obs), "obs_valid": as_t(obs_valid),
+            "mask": as_t(keep & obs_valid), "obs_times": as_t(obs_t, torch.float64),
+            "pred": as_t(pred), "pred_valid": as_t(pred_valid),
+            "pred_times": as_t(pred_t, torch.float64),
+        }
+
+    def losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Feature, joint-position and KL terms for one batch, and their total."""
+        cfg = self.config
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + step)
+        out = self.model(batch["obs"], batch["mask"], batch["obs_times"],
+                         batch["pred_times"], generator=gen)
+        est = torch.cat([out["recon"], out["pred"]], dim=1)  # (B, T+P, D)
+        ref = torch.cat([batch["obs"], batch["pred"]], dim=1)
+        valid = torch.cat([batch["obs_valid"], batch["pred_valid"]], dim=1).float()
+        n = valid.sum().clamp(min=1.0)
+        feat_loss = (((est - ref) ** 2).mean(-1) * valid).sum() / n
+        dist = (self.fk(est) - self.fk(ref)).norm(dim=-1).mean(-1)  # (B, T+P) metres
+        pos_loss = (dist * valid).sum() / n
+        kl = kl_normal(out["mean"], out["logvar"]).mean()
+        total = feat_loss + cfg.fk_weight * pos_loss + cfg.kl_weight * kl
+        return {"total": total, "feat": feat_loss, "pos_m": pos_loss, "kl": kl}
+
+    # ------------------------------------------------------------------ loop
+
+    def _lr(self, step: int) -> float:
+        frac = min(step / max(self.config.steps, 1), 1.0)
+        return self.config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def train(self, checkpoint: str | os.PathLike, progress: Callable | None = None,
+              clip_names: list[str] | None = None) -> dict:
+        """Run until ``config.steps``, checkpointing to ``checkpoint``.
+
+        A step whose loss is not finite (for example a latent flow driven stiff) is
+        reported, and training goes back to the last good checkpoint with half the
+        learning rate; after ``max_recoveries`` such steps in a row it stops with
+        RuntimeError, leaving that checkpoint intact.
+
+        Returns:
+            the last step's loss terms as floats.
+        """
+        cfg = self.config
+        self.clip_names = clip_names or [c.source for c in self.clips]
+        last: dict[str, float] = {}
+        failures, lr_scale = 0, 1.0
+        if self.step == 0 or not Path(checkpoint).exists():
+            self.save(checkpoint)
+        self.model.train()
+        while self.step < cfg.steps:
+            for group in self.optim.param_groups:
+                group["lr"] = self._lr(self.step) * lr_scale
+            try:
+                terms = self.losses(self.batch(self.step), self.step)
+                if not torch.isfinite(terms["total"]):
+                    raise FloatingPointError(f"loss is {terms['total'].item()}")
+                self.optim.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                if not torch.isfinite(norm):
+                    raise FloatingPointError("gradient is not finite")
+                self.optim.step()
+            except (FloatingPointError, AssertionError) as exc:
+                # AssertionError is how torchdiffeq reports step-size underflow.
+                failures += 1
+                logger.error("step %d failed (%s); back to the last good checkpoint "
+                             "%s", self.step, exc, checkpoint)
+                if failures > cfg.max_recoveries:
+                    raise RuntimeError(
+                        f"training diverged {failures} times in a row at step "
+                        f"{self.step}; last good checkpoint kept at {checkpoint}"
+                    ) from exc
+                self.load_state(checkpoint)
+                lr_scale *= 0.5
+                continue
+            failures = 0
+            self.step += 1
+            last = {k: float(v.detach()) for k, v in terms.items()}
+            if progress is not None:
+                progress(self.step, last)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save(checkpoint)
+        return last
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def metadata(self) -> dict:
+        return {
+            "kind": "motionode-model",
+            "model_config": self.model_config.to_dict(),
+            "feature_spec": self.spec.to_dict(),
+            "train_config": self.config.to_dict(),
+            "step": self.step,
+            "clips": list(getattr(self, "clip_names", [c.source for c in self.clips])),
+            "licence": self.config.licence,
+        }
+
+    def save(self, path: str | os.PathLike, with_optimizer: bool = True,
+             extra: dict | None = None) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if with_optimizer:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            for group in self.optim.param_groups:
+                for p in group["params"]:
+                    for key, val in self.optim.state.get(p, {}).items():
+                        tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(val)
+        meta = self.metadata()
+        meta.update(extra or {})
+        save_checkpoint(path, tensors, meta)
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Restore weights, optimiser state and step from a checkpoint of this run."""
+        tensors, meta = load_checkpoint(path, self.device)
+        if meta.get("model_config") != self.model_config.to_dict():
+            raise ValueError(f"{path}: checkpoint has a different model config: "
+                             f"{meta.get('model_config')}")
+        self.model.load_state_dict(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        params = dict(self.model.named_parameters())
+        self.optim.state.clear()
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                name, key = k[6:].rsplit(".", 1)
+                self.optim.state[params[name]][key] = v if key != "step" else v.cpu()
+        self.step = int(meta["step"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, clips: list[Clip],
+               device: str = "auto", steps: int | None = None) -> Trainer:
+        """A trainer restored from ``path``, with the config and features it saved."""
+        _, meta = load_checkpoint(path)
+        config = TrainConfig.from_dict(meta["train_config"])
+        if steps is not None:
+            config.steps = steps
+        trainer = cls(clips, config, ModelConfig.from_dict(meta["model_config"]),
+                      device, feat.FeatureSpec.from_dict(meta["feature_spec"]))
+        trainer.load_state(path)
+        return trainer
+
+
+def load_training_clips(paths: list[Path]) -> list[Clip]:
+    """Read clips; a file that fails is reported with its path and line."""
+    return [read_bvh(p) for p in paths]

@@ -7,6 +7,7 @@ the state keeps the network's dtype, so long streams never lose time resolution.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelConfig", "LatentODEVAE", "odeint_grid"]
+__all__ = ["LatentODEVAE", "ModelConfig", "odeint_grid"]
 
 
 @dataclass
@@ -41,36 +42,70 @@ class ModelConfig:
 
 
 class _Dynamics(nn.Module):
-    """Autonomous latent vector field dz/dt = f(z); autonomy lets a stream run forever."""
+    """Autonomous latent vector field dz/dt = f(z); autonomy lets a stream run forever.
+
+    f is a bank of 2-D oscillators (pairs of latent dims rotating at learnt angular
+    frequencies, 0.3 to 4 Hz at the start: the range of gait and gesture cycles) plus
+    a small MLP. A pure rotation keeps the latent's energy, so motion does not die out
+    by default; the MLP learns damping, coupling and everything else.
+    """
 
     def __init__(self, latent: int, hidden: int) -> None:
         super().__init__()
+        self.pairs = latent // 2
+        hz = torch.exp(torch.linspace(math.log(0.3), math.log(4.0), self.pairs))
+        self.log_omega = nn.Parameter(torch.log(2 * math.pi * hz))  # (pairs,)
         self.net = nn.Sequential(
             nn.Linear(latent, hidden), nn.SiLU(),
             nn.Linear(hidden, hidden), nn.SiLU(),
             nn.Linear(hidden, latent), nn.Tanh(),
         )
-        self.scale = nn.Parameter(torch.tensor(3.0))
+        with torch.no_grad():
+            self.net[4].weight.mul_(0.1)
+        self.scale = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.net(z)
+        n = 2 * self.pairs
+        a, b = z[..., 0:n:2], z[..., 1:n:2]  # (..., pairs) each
+        w = torch.exp(self.log_omega).to(z.dtype)
+        spin = torch.stack([-w * b, w * a], dim=-1).flatten(-2)  # (..., 2 * pairs)
+        if n < z.shape[-1]:
+            spin = torch.cat([spin, torch.zeros_like(z[..., n:])], dim=-1)
+        return spin + self.scale * self.net(z)
 
 
 def odeint_grid(
     func, y0: torch.Tensor, times: torch.Tensor, rate: float
 ) -> torch.Tensor:
-    """Solve from ``times[0]`` through ``times`` (float64, monotonic) with RK4.
+    """Solve from ``times[0]`` through ``times`` (float64, strictly monotonic) with RK4.
 
-    Steps are 1/rate long; the last step before each output time is shortened to land
-    on it exactly, so outputs are solver states, never interpolated ones.
+    The solver grid is ``times[0] + k / rate`` merged with the output times, so every
+    output is a solver state at exactly that time, never one interpolated between
+    grid points (torchdiffeq's own step-size grid interpolates linearly).
 
     Returns:
         (len(times), *y0.shape) states.
     """
     return torchdiffeq.odeint(
-        func, y0, times, method="rk4", options={"step_size": 1.0 / rate,
-                                                "perturb": False}
+        func, y0, times, method="rk4",
+        options={"grid_constructor": _grid(1.0 / rate), "perturb": False},
     )
+
+
+def _grid(step: float):
+    """torchdiffeq grid constructor: regular steps merged with the output times."""
+
+    def construct(func, y0, t: torch.Tensor) -> torch.Tensor:
+        span = float(t[-1] - t[0])
+        count = math.floor(abs(span) / step + 1e-9)
+        k = torch.arange(1, count + 1, dtype=t.dtype, device=t.device)
+        regular = t[0] + math.copysign(step, span) * k  # (count,)
+        # A regular point within a hair of an output time would make a useless step.
+        near = (regular[:, None] - t[None]).abs().min(dim=1).values < 1e-9
+        grid = torch.cat([t, regular[~near]]).sort(descending=span < 0).values
+        return grid
+
+    return construct
 
 
 class LatentODEVAE(nn.Module):
@@ -103,7 +138,7 @@ class LatentODEVAE(nn.Module):
         Returns:
             mean and log-variance, each (B, L).
         """
-        B, T, D = obs.shape
+        B, T, _ = obs.shape
         hid = self.config.hidden
         h = obs.new_zeros(B, hid)
         last_seen = torch.full((B,), float("nan"), dtype=times.dtype, device=obs.device)

@@ -1,0 +1,154 @@
+"""Latent-ODE VAE and its training loop, on a bundled real clip with a tiny config."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from motionode.bvh import read_bvh
+from motionode.checkpoint import load_checkpoint, read_metadata
+from motionode.model import LatentODEVAE, ModelConfig, odeint_grid
+from motionode.train import TrainConfig, Trainer
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [read_bvh(ASSETS / "clips" / "dataset-1_walk_normal_001.bvh"),
+            read_bvh(ASSETS / "clips" / "dataset-1_bow_normal_001.bvh")]
+
+
+def tiny_trainer(clips, steps=6, seed=1) -> Trainer:
+    cfg = TrainConfig(obs_frames=6, pred_frames=6, batch_size=4, steps=steps,
+                      checkpoint_every=3, seed=seed, licence="CC BY-NC 4.0 (test)")
+    trainer = Trainer(clips, cfg, device="cpu")
+    small = ModelConfig(feature_dim=trainer.spec.dim, latent_dim=8, hidden=16,
+                        ode_hidden=16)
+    return Trainer(clips, cfg, small, device="cpu", spec=trainer.spec)
+
+
+def weights(trainer: Trainer) -> dict:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_same_seed_same_run(clips, tmp_path):
+    a, b = tiny_trainer(clips), tiny_trainer(clips)
+    la = a.train(tmp_path / "a.safetensors")
+    lb = b.train(tmp_path / "b.safetensors")
+    assert la == lb
+    for k, v in weights(a).items():
+        assert torch.equal(v, weights(b)[k]), k
+    c = tiny_trainer(clips, seed=2)
+    c.train(tmp_path / "c.safetensors")
+    assert not torch.equal(weights(c)["decoder.0.weight"],
+                           weights(a)["decoder.0.weight"])
+
+
+def test_resume_matches_uninterrupted_run(clips, tmp_path):
+    full = tiny_trainer(clips, steps=6)
+    full.train(tmp_path / "full.safetensors")
+
+    def interrupt(step, terms):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    half = tiny_trainer(clips, steps=6)
+    with pytest.raises(KeyboardInterrupt):
+        half.train(tmp_path / "half.safetensors", progress=interrupt)
+    resumed = Trainer.resume(tmp_path / "half.safetensors", clips, "cpu")
+    assert resumed.step == 3  # the last checkpoint before the interruption
+    resumed.train(tmp_path / "half.safetensors")
+    for k, v in weights(full).items():
+        torch.testing.assert_close(weights(resumed)[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_carries_what_generation_needs(clips, tmp_path):
+    t = tiny_trainer(clips, steps=3)
+    t.train(tmp_path / "m.safetensors", clip_names=["walk.bvh", "bow.bvh"])
+    meta = read_metadata(tmp_path / "m.safetensors")
+    assert meta["clips"] == ["walk.bvh", "bow.bvh"]
+    assert meta["licence"] == "CC BY-NC 4.0 (test)"
+    assert meta["step"] == 3
+    assert meta["feature_spec"]["skeleton"]["names"][:2] == ["joint_Root", "Hips"]
+    assert len(meta["feature_spec"]["mean"]) == t.spec.dim
+    assert meta["model_config"]["latent_dim"] == 8
+    tensors, _ = load_checkpoint(tmp_path / "m.safetensors")
+    assert any(k.startswith("optim.") for k in tensors)
+
+
+def test_non_finite_loss_recovers_from_last_checkpoint(clips, tmp_path, caplog):
+    t = tiny_trainer(clips, steps=6)
+    real = t.losses
+    calls = {"n": 0}
+
+    def flaky(batch, step):
+        out = real(batch, step)
+        calls["n"] += 1
+        if step == 4 and calls["n"] < 7:
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    t.losses = flaky
+    path = tmp_path / "r.safetensors"
+    t.train(path)
+    assert t.step == 6
+    assert "back to the last good checkpoint" in caplog.text
+    assert read_metadata(path)["step"] == 6
+    tensors, _ = load_checkpoint(path)
+    assert all(torch.isfinite(v).all() for v in tensors.values())
+
+
+def test_endless_divergence_stops_and_keeps_checkpoint(clips, tmp_path):
+    t = tiny_trainer(clips, steps=6)
+    real = t.losses
+
+    def broken(batch, step):
+        out = real(batch, step)
+        if step >= 3:
+            raise AssertionError("underflow in dt 0.0")
+        return out
+
+    t.losses = broken
+    path = tmp_path / "d.safetensors"
+    with pytest.raises(RuntimeError, match="last good checkpoint kept"):
+        t.train(path)
+    assert read_metadata(path)["step"] == 3
+
+
+def test_solver_lands_on_every_requested_time():
+    torch.manual_seed(0)
+    net = LatentODEVAE(ModelConfig(feature_dim=12, latent_dim=6, hidden=8,
+                                   ode_hidden=8)).double()
+    with torch.no_grad():
+        net.dynamics.log_omega -= 2.0  # slower oscillators: RK4 error far below 1e-5
+    z0 = torch.randn(2, 6, dtype=torch.float64)
+    times = torch.tensor([[0.01, 0.05, 0.3], [0.02, 0.05, 0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        path = net.solve(z0, times)  # (2, 3, 6)
+        for b in range(2):
+            span = torch.cat([torch.zeros(1, dtype=torch.float64), times[b]])
+            fine = odeint_grid(net.dynamics, z0[b], span, 3000.0)[1:]  # (3, 6)
+            # Interpolating between grid points instead would be off by ~1e-3.
+            torch.testing.assert_close(path[b], fine, rtol=0, atol=1e-5)
+        backward = net.solve(z0, -times)
+        again = odeint_grid(net.dynamics, z0[0], torch.cat(
+            [torch.zeros(1, dtype=torch.float64), -times[0]]), 3000.0)[1:]
+        torch.testing.assert_close(backward[0], again, rtol=0, atol=1e-5)
+
+
+def test_encoder_ignores_frames_it_did_not_observe():
+    torch.manual_seed(0)
+    net = LatentODEVAE(ModelConfig(feature_dim=5, latent_dim=4, hidden=8,
+                                   ode_hidden=8))
+    obs = torch.randn(1, 6, 5)
+    times = torch.tensor([[-0.5, -0.4, -0.25, -0.2, -0.1, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, False, True, False, True, True]])
+    changed = obs.clone()
+    changed[0, 1] += 100.0
+    changed[0, 3] -= 100.0
+    a = net.encode(obs, mask, times)
+    b = net.encode(changed, mask, times)
+    torch.testing.assert_close(a[0], b[0])
+    c = net.encode(obs, torch.ones_like(mask), times)
+    assert not torch.allclose(a[0], c[0])

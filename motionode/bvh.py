@@ -8,7 +8,7 @@ Conventions (the ones Blender's importer uses, stated once):
   channels *replace* the matching OFFSET components (the MotionBuilder reading).
 - ``world_pos(j) = world_pos(parent) + world_rot(parent) @ local_pos(j)``.
 
-Lengths stay in the file's units; axis and unit changes live in ``motionode.axes``.
+Lengths and axes stay as the file has them; nothing here converts units or up axes.
 """
 
 from __future__ import annotations
@@ -24,12 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from motionode.rotations import check_order, euler_to_matrix, matrix_to_euler
-from motionode.rotations import unwrap_euler
+from motionode.rotations import (
+    check_order,
+    euler_to_matrix,
+    matrix_to_euler,
+    unwrap_euler,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BVHError", "Clip", "Skeleton", "read_bvh", "parse_bvh", "write_bvh"]
+__all__ = ["BVHError", "Clip", "Skeleton", "parse_bvh", "read_bvh", "write_bvh"]
 
 POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
 ROTATION_CHANNELS = ("Xrotation", "Yrotation", "Zrotation")
@@ -247,13 +251,17 @@ def channels_to_local(skeleton: Skeleton, motion: np.ndarray) -> tuple[np.ndarra
 
 
 def local_to_channels(
-    skeleton: Skeleton, local_rot: np.ndarray, local_pos: np.ndarray
+    skeleton: Skeleton,
+    local_rot: np.ndarray,
+    local_pos: np.ndarray,
+    previous: np.ndarray | None = None,
 ) -> np.ndarray:
     """Local rotations (F, J, 3, 3) and translations (F, J, 3) to channel rows (F, C).
 
-    Euler angles come out continuous over frames (no 360-degree jumps). Joints with
-    fewer than three rotation channels keep only their listed axes; the caller must
-    not ask them for rotations about the missing axes.
+    Euler angles come out continuous over frames (no 360-degree jumps), and continue
+    from the channel row ``previous`` (C,) when one is given. Joints with fewer than
+    three rotation channels keep only their listed axes; the caller must not ask them
+    for rotations about the missing axes.
     """
     num_frames = local_rot.shape[0]
     motion = np.zeros((num_frames, skeleton.num_channels))
@@ -264,7 +272,13 @@ def local_to_channels(
         order = skeleton.rotation_order(j)
         angles = None
         if any(c in ROTATION_CHANNELS for c in chans):
-            angles = np.degrees(unwrap_euler(matrix_to_euler(local_rot[:, j], order), order))
+            angles = matrix_to_euler(local_rot[:, j], order)  # (F, 3) radians
+            if previous is not None:
+                ref = _previous_angles(skeleton, previous, j, order)
+                angles = unwrap_euler(np.concatenate([ref[None], angles]), order)[1:]
+            else:
+                angles = unwrap_euler(angles, order)
+            angles = np.degrees(angles)
         for k, name in enumerate(chans):
             axis = "XYZ".index(name[0])
             if name in POSITION_CHANNELS:
@@ -272,6 +286,19 @@ def local_to_channels(
             else:
                 motion[:, starts[j] + k] = angles[:, order.index(name[0])]
     return motion
+
+
+def _previous_angles(
+    skeleton: Skeleton, row: np.ndarray, joint: int, order: str
+) -> np.ndarray:
+    """Euler triple (3,) radians of ``joint`` in the channel row ``row``, in ``order``;
+    axes the joint lacks read as zero."""
+    out = np.zeros(3)
+    start = skeleton.channel_starts()[joint]
+    for k, name in enumerate(skeleton.channels[joint]):
+        if name in ROTATION_CHANNELS:
+            out[order.index(name[0])] = np.radians(row[start + k])
+    return out
 
 
 # ---------------------------------------------------------------------------- reading
@@ -288,7 +315,7 @@ def read_bvh(path: str | os.PathLike) -> Clip:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise BVHError(path, line, "expected UTF-8 text, got undecodable bytes") from None
@@ -425,7 +452,7 @@ def _is_float(tok: str) -> bool:
 
 
 def _channels(toks: list[str], path: str, line: int) -> tuple[str, ...]:
-    if len(toks) < 2 or not toks[1].isdigit():
+    if len(toks) < 2 or not _is_count(toks[1]):
         got = toks[1] if len(toks) > 1 else "end of line"
         raise BVHError(path, line, f"expected a channel count after CHANNELS, got {got!r}")
     count = int(toks[1])
@@ -452,18 +479,24 @@ def _header_value(lines: list[str], idx: int, label: str, path: str) -> tuple[st
     if idx >= len(lines):
         raise BVHError(path, len(lines), f"expected '{label}', got end of file")
     stripped = lines[idx].strip()
-    head = " ".join(stripped.split()[: len(label.split())])
-    if head.lower() != label.lower():
+    words = len(label.split())
+    parts = stripped.split(None, words)
+    if " ".join(parts[:words]).lower() != label.lower():
         raise BVHError(path, idx + 1, f"expected '{label}', got {stripped[:40]!r}")
-    return stripped[len(head):].strip(), idx
+    return (parts[words].strip() if len(parts) > words else ""), idx
+
+
+def _is_count(tok: str) -> bool:
+    return tok.isascii() and tok.isdigit()
 
 
 def _parse_motion(
     lines: list[str], motion_idx: int, skeleton: Skeleton, path: str
 ) -> tuple[np.ndarray, float]:
     value, idx = _header_value(lines, motion_idx + 1, "Frames:", path)
-    if not value.isdigit():
+    if not _is_count(value):
         raise BVHError(path, idx + 1, f"expected a whole frame count, got {value[:40]!r}")
+    frames_line = idx + 1
     declared = int(value)
     value, idx = _header_value(lines, idx + 1, "Frame Time:", path)
     try:
@@ -479,15 +512,20 @@ def _parse_motion(
     num_channels = skeleton.num_channels
     block = "\n".join(lines[i] for i in data_lines)
     values = _fast_floats(block)
-    if values is None or len(values) != len(data_lines) * num_channels:
+    if (
+        values is None
+        or len(values) != len(data_lines) * num_channels
+        or any(len(lines[i].split()) != num_channels for i in data_lines)
+    ):
         values = _slow_rows(lines, data_lines, num_channels, path)
     motion = values.reshape(len(data_lines), num_channels)  # (F, C)
 
     if num_channels == 0 and declared:
         motion = np.zeros((declared, 0))
     if len(motion) != declared:
-        warnings.warn(f"{path}: Frames: says {declared}, found {len(motion)} complete "
-                      f"rows; keeping {len(motion)}", stacklevel=3)
+        warnings.warn(f"{path}:{frames_line}: Frames: says {declared}, found "
+                      f"{len(motion)} complete rows; keeping {len(motion)}",
+                      stacklevel=3)
     bad = ~np.isfinite(motion)
     if bad.any():
         f, c = np.argwhere(bad)[0]
@@ -550,6 +588,11 @@ def format_bvh(clip: Clip) -> str:
                          f"channel {c}; refusing to write it")
     if not (math.isfinite(clip.frame_time) and clip.frame_time > 0):
         raise ValueError(f"frame_time: expected a positive number, got {clip.frame_time}")
+    for what, table in (("offsets", sk.offsets), ("end_offsets", sk.end_offsets)):
+        if not np.isfinite(table).all():
+            row = int(np.argwhere(~np.isfinite(table))[0, 0])
+            raise ValueError(f"skeleton.{what}: non-finite value in row {row} "
+                             f"{np.asarray(table)[row].tolist()}; refusing to write it")
 
     out = ["HIERARCHY"]
     children: dict[int, list[int]] = {}
@@ -569,8 +612,8 @@ def format_bvh(clip: Clip) -> str:
         for c in children.get(j, []):
             emit(c, depth + 1)
         for e in ends.get(j, []):
-            out += [f"{pad}  End Site", f"{pad}  {{",
-                    f"{pad}    OFFSET {_fmt_row(sk.end_offsets[e])}", f"{pad}  }}"]
+            out.extend([f"{pad}  End Site", f"{pad}  {{",
+                        f"{pad}    OFFSET {_fmt_row(sk.end_offsets[e])}", f"{pad}  }}"])
         out.append(pad + "}")
 
     emit(0, 0)
@@ -599,6 +642,7 @@ def write_bvh(path: str | os.PathLike, clip: Clip, rotation_order: str | None = 
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a clip is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

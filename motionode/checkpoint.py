@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_metadata", "save_checkpoint"]
 
 FORMAT = "motionode-checkpoint/1"
 
@@ -39,6 +39,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     os.close(fd)
     try:
         save_file(flat, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

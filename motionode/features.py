@@ -7,6 +7,8 @@ A frame becomes one vector (D,) laid out as::
 
 - The *root* is the top joint that actually moves ("Hips" in a rig whose ROOT is a
   static reference joint); joints above it are constant and kept as channel values.
+  Where a moving top joint has one child whose position channels also move (some
+  Bandai clips), the child is the root and the top joint is held at its median.
 - Heading is the yaw of the root about the up axis (Y). The root's world rotation
   with its heading removed, its horizontal velocity expressed in the heading frame
   and the heading's rate of change make every frame independent of where the
@@ -39,7 +41,7 @@ from motionode.rotations import axis_angle_matrix, matrix_to_sixd, sixd_to_matri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureSpec", "FrameFeatures", "build_spec", "encode", "decode"]
+__all__ = ["FeatureSpec", "FrameFeatures", "build_spec", "decode", "encode"]
 
 UP = 1  # index of the up axis; every rig trained here is Y-up
 
@@ -114,14 +116,19 @@ def _yaw(angle: np.ndarray) -> np.ndarray:
 
 
 def _moving_root(skeleton: Skeleton, motions: list[np.ndarray]) -> int:
-    """Walk down from ROOT past joints whose channels never change and have one child."""
+    """Walk down from ROOT past one-child joints that never change, or whose child's
+    position channels change (features keep positions below the root constant)."""
     starts = skeleton.channel_starts()
+
+    def changes(j: int, positions_only: bool) -> bool:
+        cols = [starts[j] + k for k, c in enumerate(skeleton.channels[j])
+                if not positions_only or c in POSITION_CHANNELS]
+        return any(np.ptp(m[:, cols], axis=0).max(initial=0.0) >= 1e-9 for m in motions)
+
     j = 0
     while True:
-        cols = slice(starts[j], starts[j] + len(skeleton.channels[j]))
-        static = all(np.ptp(m[:, cols], axis=0).max(initial=0.0) < 1e-9 for m in motions)
         kids = [c for c, p in enumerate(skeleton.parents) if p == j]
-        if not (static and len(kids) == 1):
+        if len(kids) != 1 or (changes(j, False) and not changes(kids[0], True)):
             return j
         j = kids[0]
 
@@ -238,7 +245,11 @@ def pose_local(spec: FeatureSpec, pose: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def decode(
-    spec: FeatureSpec, pose: np.ndarray, root_xz: np.ndarray, heading: np.ndarray
+    spec: FeatureSpec,
+    pose: np.ndarray,
+    root_xz: np.ndarray,
+    heading: np.ndarray,
+    previous: np.ndarray | None = None,
 ) -> np.ndarray:
     """Channel rows (T, C) from features (T, D) and a root trajectory.
 
@@ -246,6 +257,7 @@ def decode(
         pose: (T, D) float features (not normalised).
         root_xz: (T, 2) world root position on the ground plane.
         heading: (T,) world heading, radians.
+        previous: channel row (C,) the Euler angles continue from, if any.
     """
     sk = spec.skel()
     num_frames = len(pose)
@@ -269,7 +281,7 @@ def decode(
     for j in above:
         local_rot[:, j] = const_rot[0, j]
 
-    motion = local_to_channels(sk, local_rot, local_pos)
+    motion = local_to_channels(sk, local_rot, local_pos, previous)
     # Channels the features do not carry keep their constant value.
     starts = sk.channel_starts()
     for j, chans in enumerate(sk.channels):

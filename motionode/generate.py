@@ -1,0 +1,412 @@
+"""Motion in continuous time from a trained model: a pose at any instant, for ever.
+
+A :class:`PoseStream` integrates the latent ODE together with the root's ground-plane
+position and heading (the model decodes velocity and turn rate, which the solver
+integrates), on a fixed RK4 grid at absolute times ``k / solver_rate``. A pose at a
+time between grid points is one shortened RK4 step from the grid point before it, so:
+
+- every pose is a solver state at exactly the asked time, never an interpolation;
+- the pose at time t does not depend on which other times were asked for, so
+  clients at 24, 60 and 144 fps sharing a seed see the same motion.
+
+The model was trained on windows a second or two long, so a stream is made of
+segments: at every whole multiple of ``segment`` seconds the last second of
+generated motion is encoded again and the latent state restarts from a posterior
+sample drawn from a generator seeded by (seed, segment index). The decoded pose
+carries an offset that fades from the segment start, so the pose is continuous
+across segment boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from motionode import features as feat
+from motionode.bvh import Clip, Skeleton, read_bvh
+from motionode.checkpoint import load_checkpoint, save_checkpoint
+from motionode.model import LatentODEVAE, ModelConfig, odeint_grid
+from motionode.train import stride_clip
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MotionModel", "PoseStream", "assets_dir", "default_model_path"]
+
+
+def assets_dir() -> Path:
+    """The bundled assets: ``$MOTIONODE_ASSETS`` or the repository's ``assets/``."""
+    env = os.environ.get("MOTIONODE_ASSETS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "assets"
+
+
+def default_model_path() -> Path:
+    return assets_dir() / "default_model.safetensors"
+
+
+@dataclass
+class _Segment:
+    """Where one segment starts: augmented state (L + 3,) and pose offset (D,)."""
+
+    state: torch.Tensor
+    offset: torch.Tensor
+
+
+class MotionModel:
+    """A trained model ready to generate: network in float64, rig, seed clips."""
+
+    def __init__(self, net: LatentODEVAE, spec: feat.FeatureSpec, metadata: dict,
+                 seeds: dict[str, Clip] | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device, torch.float64).eval()
+        self.spec = spec
+        self.metadata = metadata
+        self.skeleton: Skeleton = spec.skel()
+        self.train_fps = float(metadata.get("train_config", {}).get("train_fps", 30.0))
+        self.obs_frames = int(metadata.get("train_config", {}).get("obs_frames", 30))
+        self._mean = torch.tensor(spec.mean, dtype=torch.float64, device=self.device)
+        self._std = torch.tensor(spec.std, dtype=torch.float64, device=self.device)
+        self.seeds: dict[str, Clip] = {}
+        for name, clip in (seeds or {}).items():
+            self.add_seed(name, clip)
+        # The prior is the aggregate posterior: an even mixture of the posteriors
+        # q(z | window) of training windows, (N, L) means and standard deviations.
+        # With a small KL weight N(0, I) is not where the decoder learnt to make
+        # motion, and a single Gaussian fitted to the windows falls between the
+        # styles and gives near-still poses.
+        L = net.config.latent_dim
+        self.prior_mean = torch.zeros(1, L, dtype=torch.float64, device=self.device)
+        self.prior_std = torch.ones(1, L, dtype=torch.float64, device=self.device)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None,
+             seeds: list[str | os.PathLike] | None = None,
+             device: str | torch.device = "cpu") -> MotionModel:
+        """Load a checkpoint (default: the bundled model).
+
+        Args:
+            seeds: BVH clips usable as ``clip:<stem>`` sources; by default the
+                bundled clips in ``assets/clips`` that match the model's rig.
+        """
+        path = Path(path) if path is not None else default_model_path()
+        tensors, meta = load_checkpoint(path, device)
+        if meta.get("kind") != "motionode-model":
+            raise ValueError(f"{path}: not a motionode model checkpoint")
+        net = LatentODEVAE(ModelConfig.from_dict(meta["model_config"]))
+        net.load_state_dict({k[6:]: v for k, v in tensors.items()
+                             if k.startswith("model.")})
+        model = cls(net, feat.FeatureSpec.from_dict(meta["feature_spec"]), meta,
+                    device=device)
+        if "prior.mean" in tensors:
+            model.prior_mean = tensors["prior.mean"].to(model.device, torch.float64)
+            model.prior_std = tensors["prior.std"].to(model.device, torch.float64)
+        explicit = seeds is not None
+        if seeds is None:
+            seeds = sorted((assets_dir() / "clips").glob("*.bvh"))
+        for p in seeds:
+            try:
+                model.add_seed(Path(p).stem, read_bvh(p))
+            except ValueError as exc:
+                if explicit:
+                    raise
+                logger.info("bundled clip %s skipped: %s", p, exc)
+        return model
+
+    def add_seed(self, name: str, clip: Clip) -> None:
+        """Make ``clip`` usable as the source ``clip:<name>``; it must be this rig."""
+        sk = self.skeleton
+        if (clip.skeleton.names != sk.names or clip.skeleton.channels != sk.channels):
+            raise ValueError(f"{clip.source}: clip's rig differs from the model's "
+                             f"({clip.skeleton.num_joints} joints vs {sk.num_joints})")
+        if clip.num_frames < 2:
+            raise ValueError(f"{clip.source}: a seed clip needs at least two frames")
+        self.seeds[name] = clip
+
+    def sources(self) -> list[str]:
+        """Names :meth:`open` accepts: ``prior`` and ``clip:<name>`` per seed clip."""
+        return ["prior"] + [f"clip:{n}" for n in sorted(self.seeds)]
+
+    def open(self, source: str = "prior", seed: int = 0, segment: float = 1.0,
+             temperature: float = 1.0) -> PoseStream:
+        """A new stream; ``seed`` fixes every random draw, so equal arguments give
+        equal motion."""
+        return PoseStream(self, source, seed, segment, temperature)
+
+    def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """Write weights (float32, no optimiser state), fitted prior and metadata."""
+        tensors = {f"model.{k}": v.float() for k, v in self.net.state_dict().items()}
+        tensors["prior.mean"] = self.prior_mean.float()
+        tensors["prior.std"] = self.prior_std.float()
+        meta = {**self.metadata, **(extra or {})}
+        save_checkpoint(path, tensors, meta)
+
+    @torch.no_grad()
+    def fit_prior(self, clips: list[Clip], stride: int = 5,
+                  max_windows: int = 2048) -> int:
+        """Make the prior the mixture of the posteriors of ``clips``' windows (one
+        window start every ``stride`` frames at the training rate; an evenly spaced
+        subset when there are more than ``max_windows``).
+
+        Returns:
+            the number of windows kept.
+        """
+        means, stds = [], []
+        for clip in clips:
+            x, t = self.windows(clip, stride)
+            if len(x):
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
+                mean, logvar = self.net.encode(x, mask, t)
+                means.append(mean)
+                stds.append(torch.exp(0.5 * logvar))
+        if not means:
+            raise ValueError("clips: none is long enough for one observation window")
+        mean, std = torch.cat(means), torch.cat(stds)  # (N, L) each
+        keep = torch.linspace(0, len(mean) - 1, min(len(mean), max_windows))
+        keep = keep.round().long().unique()
+        self.prior_mean, self.prior_std = mean[keep], std[keep]
+        return len(keep)
+
+    def windows(self, clip: Clip, stride: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observation windows of a clip at the training rate: normalised features
+        (W, T, D) and times relative to each window's last frame (W, T). Windows
+        start every ``stride`` frames (default: back to back)."""
+        c = stride_clip(clip, self.train_fps)
+        ff = feat.encode(self.spec, c)
+        x = self.spec.normalize(ff.pose)
+        T = self.obs_frames
+        step = stride or T
+        starts = np.arange(0, len(x) - T + 1, step)
+        idx = starts[:, None] + np.arange(T)  # (W, T)
+        t = ff.times[idx] - ff.times[idx[:, -1:]]
+        return (torch.tensor(x[idx], device=self.device).reshape(len(starts), T,
+                                                                 self.spec.dim),
+                torch.tensor(t, device=self.device).reshape(len(starts), T))
+
+    # ------------------------------------------------------------ model pieces
+
+    def decode_norm(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net.decoder(z)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._std + self._mean
+
+    def clip_window(self, clip: Clip) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Normalised features of a clip's last observation window, their times
+        relative to its last frame, and where its root ends up."""
+        clip = stride_clip(clip, self.train_fps)
+        ff = feat.encode(self.spec, clip)
+        n = min(self.obs_frames, len(ff.pose))
+        x = torch.tensor(self.spec.normalize(ff.pose[-n:]), device=self.device)
+        t = torch.tensor(ff.times[-n:] - ff.times[-1], device=self.device)
+        end = {"xz": ff.root_xz[-1], "heading": float(ff.heading[-1])}
+        return x, t, end
+
+    @torch.no_grad()
+    def posterior(self, x: torch.Tensor, t: torch.Tensor,
+                  generator: torch.Generator | None, temperature: float = 1.0
+                  ) -> torch.Tensor:
+        """A latent sample (L,) given normalised frames (T, D) at times (T,) <= 0;
+        the posterior mean when ``generator`` is None."""
+        mask = torch.ones(1, len(t), dtype=torch.bool, device=self.device)
+        mean, logvar = self.net.encode(x[None], mask, t[None])
+        if generator is None:
+            return mean[0]
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return (mean + temperature * noise.to(mean.device) * torch.exp(0.5 * logvar))[0]
+
+
+class PoseStream:
+    """Poses of one generated motion at any times >= 0 (seconds).
+
+    Times may be asked in any order and any spacing; asking only extends the solved
+    range, it never changes an answer.
+    """
+
+    def __init__(self, model: MotionModel, source: str, seed: int, segment: float,
+                 temperature: float) -> None:
+        rate = model.net.config.solver_rate
+        steps = segment * rate
+        if not (segment > 0 and abs(steps - round(steps)) < 1e-9 and round(steps) >= 1):
+            raise ValueError(f"segment: {segment} s is not a whole number of solver "
+                             f"steps (1/{rate} s)")
+        if source != "prior" and not (source.startswith("clip:")
+                                      and source[5:] in model.seeds):
+            raise ValueError(f"source: unknown {source!r}; known: {model.sources()}")
+        self.model = model
+        self.source = source
+        self.seed = int(seed)
+        self.segment = float(segment)
+        self.temperature = float(temperature)
+        self.rate = float(rate)
+        self.steps_per_segment = round(steps)
+        self.latent = model.net.config.latent_dim
+        self._segments: list[_Segment] = [self._first_segment()]
+        self._grid: dict[int, torch.Tensor] = {}  # segment -> (S + 1, L + 3) states
+
+    @property
+    def skeleton(self) -> Skeleton:
+        return self.model.skeleton
+
+    # ------------------------------------------------------------ segments
+
+    def _generator(self, segment: int) -> torch.Generator:
+        return torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + segment * 7919) % (2**63))
+
+    def _first_segment(self) -> _Segment:
+        m = self.model
+        dev, L = m.device, self.latent
+        if self.source == "prior":
+            gen = self._generator(0)
+            pick = int(torch.randint(len(m.prior_mean), (1,), generator=gen))
+            eps = torch.randn(L, generator=gen, dtype=torch.float64).to(dev)
+            z = m.prior_mean[pick] + self.temperature * m.prior_std[pick] * eps
+            offset = torch.zeros(m.spec.dim, dtype=torch.float64, device=dev)
+            root = torch.zeros(3, dtype=torch.float64, device=dev)
+        else:
+            x, t, end = m.clip_window(m.seeds[self.source[5:]])
+            z = m.posterior(x, t, self._generator(0), self.temperature)
+            with torch.no_grad():
+                offset = x[-1] - m.decode_norm(z)
+            root = torch.tensor([*end["xz"], end["heading"]], dtype=torch.float64,
+                                device=dev)
+        return _Segment(torch.cat([z, root]), offset)
+
+    def _next_segment(self, index: int, grid: torch.Tensor) -> _Segment:
+        """Segment ``index`` from the solved grid (S + 1, L + 3) of the one before."""
+        m = self.model
+        n = min(m.obs_frames, len(grid))
+        window = grid[-n:]  # (n, L + 3)
+        prev = self._segments[index - 1]
+        tau = torch.arange(len(grid) - n, len(grid), dtype=torch.float64,
+                           device=m.device) / self.rate
+        with torch.no_grad():
+            x = m.decode_norm(window[:, :self.latent]) + self._fade(tau)[:, None] \
+                * prev.offset  # (n, D)
+        t = tau - tau[-1]
+        z = m.posterior(x, t, self._generator(index), self.temperature)
+        with torch.no_grad():
+            offset = x[-1] - m.decode_norm(z)
+        return _Segment(torch.cat([z, grid[-1, self.latent:]]), offset)
+
+    def _fade(self, tau: torch.Tensor) -> torch.Tensor:
+        return self.model.net.fade(tau)
+
+    def _field(self, offset: torch.Tensor):
+        """The augmented vector field of one segment, in segment-local time."""
+        m, L = self.model, self.latent
+
+        def f(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            z = y[..., :L]
+            x = m.decode_norm(z) + self._fade(tau) * offset
+            pose = m.denormalize(x)
+            heading = y[..., L + 2]
+            c, s = torch.cos(heading), torch.sin(heading)
+            vx, vz = pose[..., 1], pose[..., 2]
+            # Heading frame to world: rotation by the heading about the up (Y) axis.
+            root = torch.stack([c * vx + s * vz, -s * vx + c * vz, pose[..., 3]], -1)
+            return torch.cat([m.net.dynamics(tau, z), root], -1)
+
+        return f
+
+    def _step(self, f, y: torch.Tensor, tau0: float, tau1: float) -> torch.Tensor:
+        span = torch.tensor([tau0, tau1], dtype=torch.float64, device=y.device)
+        return odeint_grid(f, y, span, self.rate)[-1]
+
+    def _segment(self, index: int) -> _Segment:
+        while len(self._segments) <= index:
+            j = len(self._segments)
+            self._segments.append(self._next_segment(j, self._solve(j - 1)))
+        return self._segments[index]
+
+    @torch.no_grad()
+    def _solve(self, index: int) -> torch.Tensor:
+        """Grid states (S + 1, L + 3) of segment ``index``; the latest two are kept."""
+        if index not in self._grid:
+            seg = self._segment(index)
+            f = self._field(seg.offset)
+            states = [seg.state]
+            for i in range(self.steps_per_segment):
+                states.append(self._step(f, states[-1], i / self.rate,
+                                         (i + 1) / self.rate))
+            self._grid[index] = torch.stack(states)
+            for old in list(self._grid)[:-2]:  # oldest first: dicts keep order
+                del self._grid[old]
+        return self._grid[index]
+
+    # ------------------------------------------------------------ queries
+
+    @torch.no_grad()
+    def states(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pose features (T, D) and root states (T, 3) = (x, z, heading) at ``times``."""
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        if len(times) and not (np.isfinite(times).all() and times.min() >= 0):
+            raise ValueError("times: every time must be finite and >= 0")
+        m = self.model
+        poses = np.zeros((len(times), m.spec.dim))
+        roots = np.zeros((len(times), 3))
+        order = np.argsort(times, kind="stable")
+        for i in order:
+            t = float(times[i])
+            k = math.floor(t * self.rate + 1e-9)  # grid point at or just before t
+            index, step = divmod(k, self.steps_per_segment)
+            tau_k = step / self.rate
+            tau = t - index * self.segment
+            grid = self._solve(index)
+            seg = self._segments[index]
+            y = grid[step]
+            if tau - tau_k > 1e-12:
+                y = self._step(self._field(seg.offset), y, tau_k, tau)
+            else:
+                tau = tau_k
+            x = m.decode_norm(y[:self.latent]) + self._fade(
+                torch.tensor(tau, dtype=torch.float64)) * seg.offset
+            poses[i] = m.denormalize(x).cpu().numpy()
+            roots[i] = y[self.latent:].cpu().numpy()
+        return poses, roots
+
+    def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
+        """BVH channel rows (T, C) of the model's rig at ``times`` (seconds).
+
+        With ``continuous``, Euler angles are unwrapped across the asked times in
+        time order (no 360-degree jumps: what a clip wants). Without it, every row
+        holds the principal angles of its rotations alone, so a row is a function of
+        its time only, whatever else was asked (what a live stream wants).
+        """
+        poses, roots = self.states(times)
+        if len(poses) == 0:
+            return np.zeros((0, self.skeleton.num_channels))
+        if not continuous:
+            return np.concatenate([
+                feat.decode(self.model.spec, poses[i:i + 1], roots[i:i + 1, :2],
+                            roots[i:i + 1, 2]) for i in range(len(poses))])
+        order = np.argsort(np.asarray(times, dtype=np.float64).reshape(-1),
+                           kind="stable")
+        rows = np.empty((len(poses), self.skeleton.num_channels))
+        rows[order] = feat.decode(self.model.spec, poses[order], roots[order, :2],
+                                  roots[order, 2])
+        return rows
+
+    def positions_at(self, times: np.ndarray) -> np.ndarray:
+        """World joint positions (T, J, 3) in metres at ``times``."""
+        rows = self.channels_at(times, continuous=False)
+        clip = Clip(self.skeleton, rows, 1.0)
+        return clip.world_positions() * self.model.spec.units_to_m
+
+    def clip(self, duration: float, fps: float) -> Clip:
+        """Frames at exactly ``i / fps`` for ``duration`` seconds, as a clip."""
+        if not (fps > 0 and math.isfinite(fps)):
+            raise ValueError(f"fps: must be a positive number, got {fps}")
+        if not (duration >= 0 and math.isfinite(duration)):
+            raise ValueError(f"duration: must be >= 0 seconds, got {duration}")
+        n = math.floor(duration * fps + 1e-9) + 1
+        times = np.arange(n, dtype=np.float64) / fps
+        return Clip(self.skeleton, self.channels_at(times), 1.0 / fps,
+                    f"motionode:{self.source}:seed{self.seed}")

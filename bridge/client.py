@@ -1,0 +1,407 @@
+"""A Python client of the bridge: control requests with retries, stream subscribers.
+
+Neither class is thread-safe; give each thread its own :class:`Client`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import zmq
+
+from bridge import protocol as proto
+from bridge.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Client", "ClientStream", "Frame", "StreamEnded"]
+
+
+class Frame(NamedTuple):
+    """One pose of a push stream.
+
+    Attributes:
+        seq: frame number, counting from 0 at the stream's start.
+        t: stream time in seconds, ``start + seq / fps``.
+        sent: server clock in seconds when it was sent (see ``Client.clock_offset``).
+        channels: (C,) float32 BVH channel values of the stream's skeleton.
+    """
+
+    seq: int
+    t: float
+    sent: float
+    channels: np.ndarray
+
+
+class StreamEnded(Exception):
+    """The server ended the stream; ``reason`` is "closed", "expired", "error" or
+    "server_stopped"."""
+
+    def __init__(self, stream: int, reason: str) -> None:
+        super().__init__(f"stream {stream} ended: {reason}")
+        self.stream = stream
+        self.reason = reason
+
+
+class Client:
+    """Talks to one bridge server.
+
+    Reading a stream with :meth:`ClientStream.recv` keeps this client's leases
+    alive: it sends a ``ping`` (without waiting for its reply) whenever nothing has
+    been sent for a third of the server's lease.
+
+    A request that gets no reply within ``timeout`` is sent again, marked as a
+    retry, on a fresh socket with the same routing id, up to ``retries`` times; the
+    server answers a retry of a request it already ran with the stored reply, so an
+    ``open`` is never run twice. Replies to earlier requests are discarded.
+
+    Args:
+        control_endpoint: the server's control socket, e.g. "tcp://127.0.0.1:5555".
+        stream_endpoint: its stream socket; by default asked with ``hello``.
+        timeout: seconds to wait for each reply, and for a new stream's skeleton.
+        retries: how many times a request is sent again after a timeout.
+        context: ZeroMQ context; by default the client makes its own.
+    """
+
+    def __init__(
+        self,
+        control_endpoint: str,
+        stream_endpoint: str | None = None,
+        timeout: float = 2.0,
+        retries: int = 3,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout: expected a positive number, got {timeout!r}")
+        if retries < 0:
+            raise ValueError(f"retries: expected 0 or more, got {retries!r}")
+        self.control_endpoint = control_endpoint
+        self.stream_endpoint = stream_endpoint
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self.routing_id = b"motionode-" + secrets.token_hex(8).encode()
+        self._next_id = 1
+        self._last_sent = time.monotonic()
+        self._lease: float | None = None  # the server's, once hello has told it
+        self._streams: list[ClientStream] = []
+        self._socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.linger = 0
+        socket.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        socket.connect(self.control_endpoint)
+        return socket
+
+    def request(self, op: str, **params: Any) -> tuple[dict, list[bytes]]:
+        """Send one request; return the reply object and any further reply frames.
+
+        Raises:
+            ProtocolError: the server answered with an error.
+            TimeoutError: no reply after ``retries + 1`` attempts.
+            ValueError: the request is larger than the server accepts.
+        """
+        request_id = self._next_id
+        self._next_id += 1
+        for attempt in range(self.retries + 1):
+            data = proto.encode_request(request_id, op, retry=attempt > 0, **params)
+            if len(data) > proto.MAX_REQUEST_BYTES:
+                raise ValueError(
+                    f"{op}: request of {len(data)} bytes exceeds the "
+                    f"limit of {proto.MAX_REQUEST_BYTES}"
+                )
+            self._socket.send(data)
+            self._last_sent = time.monotonic()
+            reply = self._await(request_id)
+            if reply is not None:
+                obj, extra = reply
+                if not obj["ok"]:
+                    error = obj["error"]
+                    raise ProtocolError(
+                        error["code"], str(error.get("message")), request_id
+                    )
+                return obj, extra
+            logger.warning(
+                "%s: no reply from %s within %.1f s (attempt %d of %d); reconnecting",
+                op,
+                self.control_endpoint,
+                self.timeout,
+                attempt + 1,
+                self.retries + 1,
+            )
+            self._socket.close()
+            self._socket = self._connect()
+        raise TimeoutError(
+            f"{op}: no reply from {self.control_endpoint} after "
+            f"{self.retries + 1} attempts of {self.timeout:g} s"
+        )
+
+    def _await(self, request_id: int) -> tuple[dict, list[bytes]] | None:
+        """The reply to ``request_id``, or None once ``timeout`` has passed."""
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._socket.poll(max(1, int(left * 1000))):
+                break
+            frames = self._socket.recv_multipart()
+            try:
+                obj = proto.decode_reply(frames[0])
+            except ProtocolError as exc:
+                logger.warning("dropping a malformed reply: %s", exc)
+                continue
+            if obj["id"] != request_id:
+                logger.debug("discarding a stale reply to request %r", obj["id"])
+                continue
+            return obj, frames[1:]
+        return None
+
+    # ------------------------------------------------------------ operations
+
+    def keep_alive(self) -> None:
+        """Renew this client's leases now, without waiting for the reply."""
+        while self._socket.poll(0):  # replies to earlier keep-alives, unread so far
+            self._socket.recv_multipart()
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            self._socket.send(proto.encode_request(request_id, "ping"), zmq.NOBLOCK)
+        except zmq.Again:
+            logger.debug("keep-alive ping not sent: the server is not reading")
+        self._last_sent = time.monotonic()
+
+    def _keep_alive_due(self) -> None:
+        if self._lease is not None and (
+            time.monotonic() - self._last_sent > self._lease / 3
+        ):
+            self.keep_alive()
+
+    def hello(self) -> dict:
+        """Server, protocol and model information (see PROTOCOL.md, ``hello``)."""
+        reply = self.request("hello")[0]
+        self._lease = float(reply["limits"]["lease"])
+        return reply
+
+    def skeleton(self) -> dict:
+        """The skeleton description (see PROTOCOL.md, "Skeleton description")."""
+        return self.request("skeleton")[0]["skeleton"]
+
+    def sources(self) -> list[str]:
+        return self.request("sources")[0]["sources"]
+
+    def ping(self) -> float:
+        """The server clock, in seconds."""
+        return self.request("ping")[0]["clock"]
+
+    def clock_offset(self, samples: int = 5) -> float:
+        """Server clock minus this process's ``time.monotonic()``, in seconds,
+        from the ping with the shortest round trip."""
+        best = None
+        for _ in range(samples):
+            sent = time.monotonic()
+            server = self.ping()
+            received = time.monotonic()
+            if best is None or received - sent < best[0]:
+                best = (received - sent, server - (sent + received) / 2)
+        return best[1]
+
+    def open_stream(
+        self,
+        source: str = "prior",
+        fps: float = 60.0,
+        seed: int = 0,
+        start: float = 0.0,
+    ) -> ClientStream:
+        """Open a push stream and subscribe to it; returns once its skeleton is in.
+
+        Raises:
+            TimeoutError: the skeleton did not arrive within ``timeout``.
+        """
+        fields = self.request(
+            "open", source=source, fps=fps, seed=seed, start=start, mode="push"
+        )[0]
+        if self.stream_endpoint is None or self._lease is None:
+            endpoint = self.hello()["stream_endpoint"]
+            self.stream_endpoint = self.stream_endpoint or endpoint
+        try:
+            stream = ClientStream(self, fields)
+        except TimeoutError:
+            self.close_stream(fields["stream"])
+            raise
+        self._streams.append(stream)
+        return stream
+
+    def open_pull(self, source: str = "prior", seed: int = 0) -> int:
+        """Open a pull stream; returns its id for :meth:`pull`."""
+        return self.request("open", source=source, seed=seed, mode="pull")[0]["stream"]
+
+    def pull(
+        self, stream_id: int, times: np.ndarray | list[float], continuous: bool = True
+    ) -> np.ndarray:
+        """Poses (T, C) float32 of a pull stream at ``times`` (T,) seconds, >= 0.
+
+        Args:
+            times: 1 to ``MAX_PULL_TIMES`` stream times, in any order.
+            continuous: unwrap Euler angles over the asked times in time order (no
+                360-degree jumps); if false, each row holds principal angles and
+                depends on its own time only.
+        """
+        times = np.asarray(times, dtype=np.float64).reshape(-1)  # (T,)
+        fields, extra = self.request(
+            "pull", stream=stream_id, times=times.tolist(), continuous=continuous
+        )
+        count, channels = fields["count"], fields["channels"]
+        if len(extra) != 1 or len(extra[0]) != count * channels * 4:
+            raise ProtocolError(
+                "bad_reply",
+                f"pull: expected one frame of {count * channels * 4} bytes after "
+                "the reply",
+            )
+        values = np.frombuffer(extra[0], dtype="<f4")  # (T * C,)
+        return values.reshape(count, channels)  # (T, C)
+
+    def close_stream(self, stream: int | ClientStream) -> None:
+        """Ask the server to close a stream (an id, or a :class:`ClientStream`)."""
+        stream_id = stream.id if isinstance(stream, ClientStream) else stream
+        self.request("close", stream=stream_id)
+
+    def close(self) -> None:
+        """Close every socket; streams left open on the server end with their
+        lease."""
+        for stream in self._streams:
+            stream._socket.close()
+        self._streams.clear()
+        self._socket.close()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClientStream:
+    """A push stream as its subscriber sees it.
+
+    Attributes:
+        id: the stream id; ``fps``, ``start``, ``source``, ``seed`` as opened.
+        info: the latest skeleton message's JSON object.
+        skeleton: its skeleton description.
+        gaps: frames missed so far, counted from sequence numbers.
+        ended: why the stream ended, once it has.
+    """
+
+    def __init__(self, client: Client, fields: dict) -> None:
+        self.id: int = fields["stream"]
+        self.fps: float = fields["fps"]
+        self.start: float = fields["start"]
+        self.source: str = fields["source"]
+        self.seed: int = fields["seed"]
+        self.gaps = 0
+        self.ended: str | None = None
+        self.info: dict = {}
+        self.skeleton: dict = {}
+        self._client = client
+        self._next_seq: int | None = None
+        self._socket = client._context.socket(zmq.SUB)
+        self._socket.linger = 0
+        self._socket.connect(client.stream_endpoint)
+        self._socket.setsockopt(zmq.SUBSCRIBE, fields["topic"].encode())
+
+        # The server publishes nothing on a stream before its skeleton message.
+        message = self._receive(client.timeout)
+        if message is None or message.kind != proto.KIND_SKELETON:
+            self._socket.close()
+            raise TimeoutError(
+                f"stream {self.id}: no skeleton message within {client.timeout:g} s"
+            )
+        self._take_skeleton(message)
+
+    def _receive(self, timeout: float) -> proto.StreamMessage | None:
+        """The next well-formed message, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._socket.poll(max(1, int(left * 1000))):
+                return None
+            data = self._socket.recv()
+            try:
+                return proto.decode_stream_message(data)
+            except ProtocolError as exc:
+                logger.warning(
+                    "stream %d: dropping a malformed message: %s", self.id, exc
+                )
+        return None
+
+    def _take_skeleton(self, message: proto.StreamMessage) -> None:
+        self.info = message.info
+        self.skeleton = message.info["skeleton"]
+        if self._next_seq is None:
+            self._next_seq = message.seq
+
+    def recv(self, timeout: float = 1.0) -> Frame:
+        """The next frame.
+
+        Raises:
+            TimeoutError: none within ``timeout`` seconds.
+            StreamEnded: the server ended the stream.
+        """
+        deadline = time.monotonic() + timeout
+        self._client._keep_alive_due()
+        while self.ended is None:
+            message = self._receive(deadline - time.monotonic())
+            if message is None:
+                raise TimeoutError(f"stream {self.id}: no frame within {timeout:g} s")
+            if message.kind == proto.KIND_SKELETON:
+                self._take_skeleton(message)
+            elif message.kind == proto.KIND_END:
+                self.ended = str(message.info.get("reason"))
+            else:
+                if message.seq != self._next_seq:
+                    logger.warning(
+                        "stream %d: expected frame %d, got %d",
+                        self.id,
+                        self._next_seq,
+                        message.seq,
+                    )
+                    self.gaps += max(0, message.seq - self._next_seq)
+                self._next_seq = message.seq + 1
+                return Frame(message.seq, message.t, message.sent, message.channels)
+        raise StreamEnded(self.id, self.ended)
+
+    def frames(self, timeout: float = 1.0) -> Iterator[Frame]:
+        """Frames until the stream ends; TimeoutError if one takes over ``timeout``."""
+        while True:
+            try:
+                yield self.recv(timeout)
+            except StreamEnded:
+                return
+
+    def close(self) -> None:
+        """Unsubscribe, and close the stream on the server if it is still open."""
+        if self._socket.closed:
+            return
+        self._socket.close()
+        if self in self._client._streams:
+            self._client._streams.remove(self)
+        if self.ended is None:
+            try:
+                self._client.close_stream(self.id)
+            except ProtocolError as exc:
+                if exc.code != "unknown_stream":
+                    raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

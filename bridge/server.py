@@ -1,0 +1,627 @@
+"""The bridge server: a motion model behind two ZeroMQ sockets (see PROTOCOL.md).
+
+Two threads, each owning one socket:
+
+- the control thread answers requests on a ROUTER socket, one at a time, in order
+  of arrival; it also computes pull replies;
+- the stream thread owns the XPUB socket: it reads subscriptions, and publishes
+  every push stream's frames when they fall due on the server clock.
+
+They share only the table of open streams, under a lock. A stream's pose generator
+is used by one thread only: the stream thread for push streams, the control thread
+for pull streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zmq
+
+from bridge import protocol as proto
+from bridge.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Server", "check_endpoint"]
+
+IDLE_POLL = 0.05  # longest sleep of either loop, so stop() and leases act promptly
+MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve others
+LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
+REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
+XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
+
+
+def check_endpoint(name: str, endpoint: str, allow_remote: bool = False) -> str:
+    """Check an endpoint the server is asked to bind; return the one to bind.
+
+    ``tcp://127.0.0.1:0`` becomes ``tcp://127.0.0.1:*`` (any free port); ``ipc://``
+    and ``inproc://`` pass unchanged.
+
+    Raises:
+        ValueError: not a tcp, ipc or inproc endpoint, or a tcp host other than
+            127.0.0.1 while ``allow_remote`` is false.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme in ("ipc", "inproc"):
+        return endpoint
+    host, colon, port = rest.rpartition(":")
+    if not (sep and scheme == "tcp" and colon and host and port):
+        raise ValueError(
+            f"{name}: expected an endpoint such as 'tcp://127.0.0.1:5555'"
+            f" or 'ipc:///tmp/motionode', got {endpoint!r}"
+        )
+    if host != "127.0.0.1":
+        if not allow_remote:
+            raise ValueError(
+                f"{name}: {endpoint!r} binds {host!r}, not the loopback "
+                "address 127.0.0.1; pass allow_remote=True to serve "
+                "other hosts"
+            )
+        logger.warning(
+            "%s: binding %s, which other hosts may reach: the bridge has "
+            "no authentication and no encryption",
+            name,
+            endpoint,
+        )
+    return f"tcp://{host}:*" if port == "0" else endpoint
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One open stream. ``end`` is set, by either thread, once it must finish."""
+
+    id: int
+    owner: bytes  # routing id of the connection that opened it
+    mode: str
+    fps: float | None
+    start: float
+    poses: Any  # the model's PoseStream
+    info: bytes  # JSON payload of the stream's skeleton messages
+    last_seen: float
+    clock0: float | None = None  # server clock at which frame 0 fell due
+    next_seq: int = 0
+    late: bool = False
+    end: str | None = None
+
+    def time_of(self, seq: int) -> float:
+        return self.start + seq / self.fps
+
+
+class Server:
+    """Serves one model to any number of local clients.
+
+    Args:
+        model: a ``motionode.generate.MotionModel``, or any object with its
+            ``skeleton``, ``spec.units_to_m``, ``sources()`` and ``open()``.
+        control: endpoint of the request socket; port 0 picks a free port.
+        stream: endpoint of the publishing socket; port 0 picks a free port.
+        lease: seconds without any request from a stream's client after which the
+            stream is closed.
+        max_streams: open streams allowed at once, over all clients.
+        allow_remote: allow binding hosts other than 127.0.0.1.
+        context: ZeroMQ context to use; by default the server makes its own.
+
+    Raises:
+        ValueError: a bad endpoint or limit.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        control: str = "tcp://127.0.0.1:0",
+        stream: str = "tcp://127.0.0.1:0",
+        *,
+        lease: float = 30.0,
+        max_streams: int = 64,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not (lease > 0 and math.isfinite(lease)):
+            raise ValueError(
+                f"lease: expected a positive number of seconds, got {lease!r}"
+            )
+        if max_streams < 1:
+            raise ValueError(f"max_streams: expected at least 1, got {max_streams!r}")
+        self.model = model
+        self.lease = float(lease)
+        self.max_streams = int(max_streams)
+        self._bind = (
+            check_endpoint("control", control, allow_remote),
+            check_endpoint("stream", stream, allow_remote),
+        )
+        self._context = context
+        self._own_context = context is None
+        self.control_endpoint: str | None = None
+        self.stream_endpoint: str | None = None
+
+        self._skeleton = proto.describe_skeleton(model.skeleton, model.spec.units_to_m)
+        self._instance = secrets.token_hex(8)
+        # Ids start at random so a subscriber left over from an earlier server run
+        # is unlikely to match a new stream's topic.
+        self._next_id = secrets.randbelow(2**31) + 1
+        self._streams: dict[int, _Stream] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind both sockets and serve from two background threads."""
+        if self._threads or self._stopping.is_set():
+            raise RuntimeError("start: a server starts once; make a new Server")
+        if self._context is None:
+            self._context = zmq.Context()
+        router = self._context.socket(zmq.ROUTER)
+        xpub = self._context.socket(zmq.XPUB)
+        router.linger = 0
+        router.setsockopt(zmq.MAXMSGSIZE, proto.MAX_REQUEST_BYTES)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its id
+        xpub.setsockopt(zmq.XPUB_MANUAL, 1)  # see _read_subscriptions
+        xpub.setsockopt(zmq.MAXMSGSIZE, 1024)
+        try:
+            router.bind(self._bind[0])
+            xpub.bind(self._bind[1])
+        except zmq.ZMQError:
+            router.close()
+            xpub.close()
+            raise
+        self.control_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stream_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        logger.info("control socket bound at %s", self.control_endpoint)
+        logger.info("stream socket bound at %s", self.stream_endpoint)
+
+        self._threads = [
+            threading.Thread(
+                target=self._control_loop,
+                args=(router,),
+                name="bridge-control",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._stream_loop,
+                args=(xpub,),
+                name="bridge-stream",
+                daemon=True,
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End every stream, close both sockets and join the threads; calling it
+        again does nothing."""
+        if self._stopping.is_set() and not self._threads:
+            return
+        self._stopping.set()
+        stuck = False
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("%s did not stop within %.1f s", thread.name, timeout)
+                stuck = True
+        self._threads = []
+        if self._own_context and self._context is not None and not stuck:
+            self._context.term()
+        logger.info("server stopped")
+
+    def serve_forever(self) -> None:
+        """Start, then block until :meth:`stop` is called or Ctrl-C is pressed."""
+        self.start()
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ control thread
+
+    def _control_loop(self, router: zmq.Socket) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if router.poll(int(IDLE_POLL * 1000)):
+                        self._answer(router, router.recv_multipart())
+                except Exception:
+                    logger.exception("control: unexpected failure; carrying on")
+        finally:
+            router.close()
+
+    def _answer(self, router: zmq.Socket, parts: list[bytes]) -> None:
+        """Answer one request; ``parts`` is [routing id, (empty delimiter,) body]."""
+        owner = parts[0]
+        # REQ peers put an empty delimiter frame before the body; DEALER peers may not.
+        split = 2 if len(parts) > 2 and parts[1] == b"" else 1
+        envelope, body = parts[:split], parts[split:]
+        self._touch(owner)
+
+        request = None
+        try:
+            if len(body) != 1:
+                raise ProtocolError(
+                    "bad_frames",
+                    f"expected 1 frame after the routing id, got {len(body)}",
+                )
+            request = proto.decode_request(body[0])
+            cached = self._replies.get(owner)
+            if request.retry and cached is not None and cached[0] == request.id:
+                logger.debug(
+                    "control: %r repeated by %s; sending the stored reply",
+                    request.id,
+                    proto.short_repr(owner),
+                )
+                reply = cached[1]
+            else:
+                reply = self._dispatch(owner, request)
+        except ProtocolError as exc:
+            if request is None:
+                logger.error(
+                    "control: malformed request from %s: %s; frames: %s",
+                    proto.short_repr(owner),
+                    exc,
+                    [proto.short_repr(p) for p in body[:3]],
+                )
+                reply = [proto.encode_error(exc.request_id, exc.code, exc.message)]
+            else:
+                logger.warning(
+                    "control: %s %r refused: %s", request.op, request.id, exc
+                )
+                reply = [proto.encode_error(request.id, exc.code, exc.message)]
+        except Exception:
+            logger.exception("control: %s failed", request.op if request else "request")
+            reply = [
+                proto.encode_error(
+                    request.id if request else None,
+                    "internal",
+                    "the server failed to answer; see its log",
+                )
+            ]
+
+        if request is not None:
+            self._replies[owner] = (request.id, reply)
+            self._replies.move_to_end(owner)
+            while len(self._replies) > REPLY_CACHE:
+                self._replies.popitem(last=False)
+        router.send_multipart(envelope + reply)
+
+    def _touch(self, owner: bytes) -> None:
+        """Renew the lease of every stream ``owner`` opened."""
+        now = time.monotonic()
+        with self._lock:
+            for stream in self._streams.values():
+                if stream.owner == owner:
+                    stream.last_seen = now
+
+    def _dispatch(self, owner: bytes, request: proto.Request) -> list[bytes]:
+        result = getattr(self, f"_op_{request.op}")(owner, **request.params)
+        fields, extra = result if isinstance(result, tuple) else (result, [])
+        logger.debug(
+            "control: %s %r from %s", request.op, request.id, proto.short_repr(owner)
+        )
+        return [proto.encode_reply(request.id, **fields), *extra]
+
+    def _live(self, stream_id: int) -> _Stream:
+        with self._lock:
+            stream = self._streams.get(stream_id)
+        if stream is None or stream.end is not None:
+            raise ProtocolError("unknown_stream", f"stream: no open stream {stream_id}")
+        return stream
+
+    def _op_hello(self, owner: bytes) -> dict:
+        meta = getattr(self.model, "metadata", None) or {}
+        return {
+            "server": "motionode",
+            "protocol": proto.VERSION,
+            "instance": self._instance,
+            "stream_endpoint": self.stream_endpoint,
+            "clock": time.monotonic(),
+            "model": {
+                "joints": len(self._skeleton["names"]),
+                "channels": self._skeleton["num_channels"],
+                "units_to_m": self._skeleton["units_to_m"],
+                "up_axis": "Y",
+                "licence": meta.get("licence"),
+                "step": meta.get("step"),
+            },
+            "sources": self.model.sources(),
+            "limits": {
+                "max_fps": proto.MAX_FPS,
+                "max_pull_times": proto.MAX_PULL_TIMES,
+                "max_streams": self.max_streams,
+                "max_request_bytes": proto.MAX_REQUEST_BYTES,
+                "lease": self.lease,
+            },
+        }
+
+    def _op_skeleton(self, owner: bytes) -> dict:
+        return {"skeleton": self._skeleton}
+
+    def _op_sources(self, owner: bytes) -> dict:
+        return {"sources": self.model.sources()}
+
+    def _op_ping(self, owner: bytes) -> dict:
+        return {"clock": time.monotonic()}
+
+    def _op_open(
+        self,
+        owner: bytes,
+        source: str,
+        seed: int,
+        start: float,
+        mode: str,
+        fps: float | None = None,
+    ) -> dict:
+        sources = self.model.sources()
+        if source not in sources:
+            raise ProtocolError(
+                "unknown_source", f"source: unknown {source!r}; known: {sources}"
+            )
+        with self._lock:
+            live = sum(s.end is None for s in self._streams.values())
+        if live >= self.max_streams:
+            raise ProtocolError(
+                "too_many_streams",
+                f"{live} streams are open, the most this server allows "
+                f"({self.max_streams})",
+            )
+        poses = self.model.open(source=source, seed=seed)
+
+        stream_id = self._next_id
+        self._next_id = self._next_id % proto.MAX_STREAM_ID + 1
+        fields = {
+            "stream": stream_id,
+            "topic": proto.topic(stream_id).decode(),
+            "mode": mode,
+            "source": source,
+            "seed": seed,
+            "fps": fps if mode == "push" else None,
+            "start": start,
+            "num_channels": self._skeleton["num_channels"],
+        }
+        info = json.dumps(
+            {**fields, "skeleton": self._skeleton}, separators=(",", ":")
+        ).encode()
+        stream = _Stream(
+            stream_id, owner, mode, fields["fps"], start, poses, info, time.monotonic()
+        )
+        with self._lock:
+            self._streams[stream_id] = stream
+        logger.info(
+            "stream %d opened by %s: %s, seed %d, %s%s",
+            stream_id,
+            proto.short_repr(owner),
+            source,
+            seed,
+            mode,
+            f" at {fps:g} fps" if mode == "push" else "",
+        )
+        return fields
+
+    def _op_pull(
+        self, owner: bytes, stream: int, times: list[float], continuous: bool
+    ) -> tuple[dict, list[bytes]]:
+        target = self._live(stream)
+        if target.mode != "pull":
+            raise ProtocolError(
+                "wrong_mode",
+                f"stream: {stream} is a push stream; "
+                "open one with mode 'pull' to pull poses",
+            )
+        target.last_seen = time.monotonic()
+        # TODO: pulls run on the control thread, so a long one (256 poses can take
+        # a second on a CPU) holds back every other client's replies meanwhile; a
+        # worker thread per pull stream would remove the wait.
+        times = np.asarray(times, dtype=np.float64)  # (T,)
+        rows = target.poses.channels_at(times, continuous=continuous)  # (T, C)
+        values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C)
+        fields = {
+            "stream": stream,
+            "count": values.shape[0],
+            "channels": values.shape[1],
+            "dtype": "<f4",
+        }
+        return fields, [values.tobytes()]
+
+    def _op_close(self, owner: bytes, stream: int) -> dict:
+        self._live(stream).end = "closed"
+        return {"stream": stream}
+
+    # ------------------------------------------------------------ stream thread
+
+    def _stream_loop(self, xpub: zmq.Socket) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    wait = self._publish_due(xpub)
+                    if xpub.poll(math.ceil(wait * 1000)):
+                        self._read_subscriptions(xpub)
+                except Exception:
+                    logger.exception("stream: unexpected failure; carrying on")
+                    time.sleep(IDLE_POLL)
+            with self._lock:
+                remaining = list(self._streams.values())
+            for stream in remaining:
+                stream.end = stream.end or "server_stopped"
+                self._finish(xpub, stream)
+        finally:
+            xpub.close(linger=XPUB_LINGER_MS)
+
+    def _publish_due(self, xpub: zmq.Socket) -> float:
+        """Publish every frame that is due, end finished streams; return how long
+        to sleep until the next frame falls due."""
+        now = time.monotonic()
+        with self._lock:
+            streams = list(self._streams.values())
+        wake = now + IDLE_POLL
+        for stream in streams:
+            if stream.end is None and now - stream.last_seen > self.lease:
+                stream.end = "expired"
+                logger.info(
+                    "stream %d expired: no request from its client for %.1f s",
+                    stream.id,
+                    now - stream.last_seen,
+                )
+            if stream.end is not None:
+                self._finish(xpub, stream)
+                continue
+            if stream.clock0 is None:  # a pull stream, or no subscriber yet
+                continue
+            count = 0
+            while (
+                count < MAX_BATCH
+                and stream.clock0 + (stream.next_seq + count) / stream.fps <= now
+            ):
+                count += 1
+            if count:
+                self._send_frames(xpub, stream, count)
+            due = stream.clock0 + stream.next_seq / stream.fps
+            self._check_late(stream, time.monotonic() - due)
+            wake = min(wake, due)
+        return max(0.0, wake - time.monotonic())
+
+    def _send_frames(self, xpub: zmq.Socket, stream: _Stream, count: int) -> None:
+        """Compute and publish frames ``next_seq`` to ``next_seq + count - 1``."""
+        seqs = np.arange(stream.next_seq, stream.next_seq + count, dtype=np.float64)
+        times = stream.start + seqs / stream.fps  # (count,), t = start + seq / fps
+        try:
+            # Principal angles: a frame is a function of its time alone, so streams
+            # at different rates agree exactly where their times coincide.
+            rows = stream.poses.channels_at(times, continuous=False)  # (count, C)
+        except Exception:
+            logger.exception(
+                "stream %d: the model failed at t = %.6f s; ending it",
+                stream.id,
+                times[0],
+            )
+            stream.end = "error"
+            return
+        for i in range(count):
+            message = proto.encode_frame(
+                stream.id,
+                stream.next_seq + i,
+                float(times[i]),
+                time.monotonic(),
+                rows[i],
+            )
+            xpub.send(message, zmq.NOBLOCK)
+        logger.debug(
+            "stream %d: frames %d-%d sent",
+            stream.id,
+            stream.next_seq,
+            stream.next_seq + count - 1,
+        )
+        stream.next_seq += count
+
+    def _check_late(self, stream: _Stream, lateness: float) -> None:
+        if lateness > LATE_WARNING and not stream.late:
+            logger.warning(
+                "stream %d is %.1f s behind the clock at %g fps; every "
+                "frame is still sent, late",
+                stream.id,
+                lateness,
+                stream.fps,
+            )
+        stream.late = lateness > LATE_WARNING
+
+    def _finish(self, xpub: zmq.Socket, stream: _Stream) -> None:
+        """Publish a started stream's end message and forget the stream."""
+        if stream.clock0 is not None:
+            xpub.send(
+                proto.encode_end(
+                    stream.id,
+                    stream.next_seq,
+                    stream.time_of(stream.next_seq),
+                    time.monotonic(),
+                    stream.end,
+                ),
+                zmq.NOBLOCK,
+            )
+        with self._lock:
+            self._streams.pop(stream.id, None)
+        logger.info(
+            "stream %d ended (%s) after %d frames",
+            stream.id,
+            stream.end,
+            stream.next_seq,
+        )
+
+    def _read_subscriptions(self, xpub: zmq.Socket) -> None:
+        """Apply each (un)subscription, and send the skeleton to new subscribers.
+
+        The socket is in manual mode: a subscription takes effect only when it is
+        applied here, right before the skeleton message is sent, so no frame can
+        reach a new subscriber ahead of its skeleton.
+        """
+        while True:
+            try:
+                message = xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # b"\x01" + b"0000002a|" subscribes to stream 42; b"\x00" + ... leaves.
+            if not message or message[0] not in (0, 1):
+                logger.error(
+                    "stream: expected a subscription message, got %s",
+                    proto.short_repr(message),
+                )
+                continue
+            prefix = message[1:]
+            if message[0] == 0:
+                xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                logger.debug("stream: unsubscribed from %r", prefix)
+                continue
+            xpub.setsockopt(zmq.SUBSCRIBE, prefix)
+            with self._lock:
+                matches = [
+                    s
+                    for s in self._streams.values()
+                    if s.mode == "push"
+                    and s.end is None
+                    and proto.topic(s.id).startswith(prefix)
+                ]
+            for stream in matches:
+                self._send_skeleton(xpub, stream)
+
+    def _send_skeleton(self, xpub: zmq.Socket, stream: _Stream) -> None:
+        now = time.monotonic()
+        xpub.send(
+            proto.encode_skeleton(
+                stream.id,
+                stream.next_seq,
+                stream.time_of(stream.next_seq),
+                now,
+                stream.info,
+            ),
+            zmq.NOBLOCK,
+        )
+        if stream.clock0 is None:
+            stream.clock0 = now
+            logger.info(
+                "stream %d: first subscriber; publishing at %g fps",
+                stream.id,
+                stream.fps,
+            )
+        else:
+            logger.debug("stream %d: new subscriber; skeleton sent again", stream.id)

@@ -1,0 +1,551 @@
+"""The ZeroMQ bridge: wire format, server and client, over real loopback sockets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zmq
+
+from bridge import protocol as proto
+from bridge.client import Client, StreamEnded
+from bridge.protocol import ProtocolError
+from bridge.server import Server, check_endpoint
+from motionode.bvh import Skeleton, parse_bvh
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING_CHECKPOINT = Path("/work/run/default_ckpt.safetensors")
+WALK_CLIP = ROOT / "assets" / "clips" / "dataset-1_walk_normal_001.bvh"
+
+RIG = """HIERARCHY
+ROOT Hips
+{
+  OFFSET 0 90 0
+  CHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation
+  JOINT Chest
+  {
+    OFFSET 0 10 0
+    CHANNELS 3 Xrotation Yrotation Zrotation
+    End Site
+    {
+      OFFSET 0 20 0
+    }
+  }
+}
+MOTION
+Frames: 1
+Frame Time: 0.0333333
+0 90 0 0 0 0 0 0 0
+"""
+
+
+class FakeStream:
+    """Poses that are a fixed function of (seed, t), like a real PoseStream's: every
+    channel turns steadily, so unwrapped and principal angles differ."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
+        t = np.asarray(times, dtype=np.float64).reshape(-1, 1)  # (T, 1)
+        angles = t * 50.0 * np.arange(1, 10) + self.seed  # (T, 9)
+        return angles if continuous else (angles + 180.0) % 360.0 - 180.0
+
+
+class FakeModel:
+    """The part of MotionModel the server uses, on a two-joint rig."""
+
+    def __init__(self) -> None:
+        self.skeleton = parse_bvh(RIG, "rig").skeleton
+        self.spec = SimpleNamespace(units_to_m=0.01)
+        self.metadata = {"licence": "test rig", "step": 0}
+
+    def sources(self) -> list[str]:
+        return ["prior", "clip:walk"]
+
+    def open(self, source: str = "prior", seed: int = 0) -> FakeStream:
+        if source not in self.sources():
+            raise ValueError(f"source: unknown {source!r}")
+        return FakeStream(seed)
+
+
+@pytest.fixture
+def zctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)  # closes whatever a failed test left open
+
+
+@pytest.fixture
+def server():
+    srv = Server(FakeModel())
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.control_endpoint, timeout=1.0, retries=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def real_model(tmp_path_factory):
+    """A MotionModel: the bundled one, else the training run's latest checkpoint,
+    else an untrained small network on the bundled walk clip's rig."""
+    import torch
+
+    from motionode.bvh import read_bvh
+    from motionode.features import build_spec
+    from motionode.generate import MotionModel, default_model_path
+    from motionode.model import LatentODEVAE, ModelConfig
+
+    if default_model_path().exists():
+        return MotionModel.load()
+    if TRAINING_CHECKPOINT.exists():
+        # The run rewrites its checkpoint in place now and then: load a copy.
+        copy = tmp_path_factory.mktemp("ckpt") / TRAINING_CHECKPOINT.name
+        shutil.copy(TRAINING_CHECKPOINT, copy)
+        return MotionModel.load(copy, seeds=[WALK_CLIP])
+    clip = read_bvh(WALK_CLIP)
+    spec = build_spec([clip], units_to_m=0.01)
+    torch.manual_seed(0)
+    net = LatentODEVAE(
+        ModelConfig(feature_dim=spec.dim, latent_dim=8, hidden=16, ode_hidden=16)
+    )
+    return MotionModel(
+        net, spec, {"licence": "untrained test model"}, seeds={WALK_CLIP.stem: clip}
+    )
+
+
+def collect(stream, count: int, timeout: float = 5.0) -> list:
+    return [stream.recv(timeout) for _ in range(count)]
+
+
+def check_rates(frames_by_fps: dict) -> None:
+    """Exact times, consecutive seqs, equal payloads wherever times coincide."""
+    payload_at = {}
+    for fps, frames in frames_by_fps.items():
+        assert [f.seq for f in frames] == list(range(len(frames)))
+        for f in frames:
+            assert f.t == f.seq / fps
+            if f.t in payload_at:
+                np.testing.assert_array_equal(f.channels, payload_at[f.t])
+            payload_at[f.t] = f.channels
+    assert 0.5 in payload_at  # where the 24, 60 and 144 fps grids all meet
+
+
+# ---------------------------------------------------------------- wire format
+
+
+def test_public_names():
+    import bridge
+
+    assert sorted(bridge.__all__) == sorted(
+        [
+            "VERSION",
+            "Client",
+            "ClientStream",
+            "Frame",
+            "ProtocolError",
+            "Server",
+            "StreamEnded",
+        ]
+    )
+
+
+def test_protocol_document_example_matches_the_encoder():
+    text = (ROOT / "bridge" / "PROTOCOL.md").read_text()
+    hex_text = re.search(r"```hex\n(.*?)```", text, re.DOTALL).group(1)
+    message = proto.encode_frame(42, 3, 3 / 60, 1234.5, np.array([1.0, -2.5, 90.0]))
+    assert bytes.fromhex(hex_text) == message
+    decoded = proto.decode_stream_message(message)
+    assert (decoded.kind, decoded.stream, decoded.seq) == (proto.KIND_FRAME, 42, 3)
+    assert (decoded.t, decoded.sent) == (0.05, 1234.5)
+    assert decoded.channels.tolist() == [1.0, -2.5, 90.0]
+    end = proto.encode_end(42, 4, 4 / 60, 1234.6, "closed")
+    assert end[49:] == b'{"reason":"closed"}' and end[14] == proto.KIND_END
+
+
+def test_stream_messages_round_trip_and_reject_damage():
+    info = {"stream": 7, "skeleton": {"names": ["Hips"]}}
+    message = proto.encode_skeleton(7, 5, 0.25, 9.0, info)
+    decoded = proto.decode_stream_message(message)
+    assert decoded.kind == proto.KIND_SKELETON and decoded.info == info
+    assert (decoded.seq, decoded.t, decoded.sent) == (5, 0.25, 9.0)
+
+    frame = proto.encode_frame(7, 1, 0.5, 1.0, np.arange(4.0))
+    damaged = [
+        frame[:-1],
+        frame + b"\0",
+        b"0000002a|" + frame[9:],
+        frame[:9] + b"XXXX" + frame[13:],
+        frame[:14] + b"\x09" + frame[15:],
+        b"short",
+    ]
+    for data in damaged:
+        with pytest.raises(ProtocolError) as exc:
+            proto.decode_stream_message(data)
+        assert exc.value.code == "bad_message"
+
+
+def test_skeleton_description_rebuilds_the_rig():
+    skeleton = parse_bvh(RIG, "rig").skeleton
+    desc = json.loads(json.dumps(proto.describe_skeleton(skeleton, 0.01)))
+    again = Skeleton.from_dict(desc)
+    assert again.names == skeleton.names and again.channels == skeleton.channels
+    np.testing.assert_array_equal(again.offsets, skeleton.offsets)
+    np.testing.assert_array_equal(again.end_offsets, skeleton.end_offsets)
+    assert desc["rotation_orders"] == ["ZXY", "XYZ"]
+    assert desc["channel_starts"] == [0, 6] and desc["num_channels"] == 9
+    assert (desc["up_axis"], desc["handedness"], desc["units_to_m"]) == (
+        "Y",
+        "right",
+        0.01,
+    )
+
+
+def test_only_loopback_is_bound_unless_allowed(caplog):
+    assert check_endpoint("control", "tcp://127.0.0.1:0") == "tcp://127.0.0.1:*"
+    assert check_endpoint("control", "ipc:///tmp/x") == "ipc:///tmp/x"
+    for endpoint in (
+        "tcp://0.0.0.0:5555",
+        "tcp://*:5555",
+        "tcp://localhost:1",
+        "tcp://10.0.0.1:5555",
+        "udp://127.0.0.1:5",
+        "127.0.0.1:5555",
+    ):
+        with pytest.raises(ValueError, match="control"):
+            check_endpoint("control", endpoint)
+    with pytest.raises(ValueError, match="allow_remote"):
+        Server(FakeModel(), stream="tcp://0.0.0.0:0")
+    assert check_endpoint("stream", "tcp://0.0.0.0:0", allow_remote=True)
+    assert "no authentication" in caplog.text
+
+
+# ---------------------------------------------------------------- control
+
+
+def test_hello_skeleton_sources_and_clock(server, client):
+    hello = client.hello()
+    assert hello["protocol"] == 1 and hello["stream_endpoint"] == server.stream_endpoint
+    assert hello["model"]["channels"] == 9 and hello["model"]["licence"] == "test rig"
+    assert client.sources() == ["prior", "clip:walk"]
+    assert Skeleton.from_dict(client.skeleton()).names == ["Hips", "Chest"]
+    # One machine, one monotonic clock: the offset is the measuring error only.
+    assert abs(client.clock_offset()) < 0.05
+
+
+@pytest.mark.parametrize(
+    "fields, code",
+    [
+        ({"fps": "fast"}, "bad_request"),
+        ({"fps": True}, "bad_request"),
+        ({"fps": 0}, "bad_request"),
+        ({"fps": 1001}, "bad_request"),
+        ({"fps": 60, "seed": -1}, "bad_request"),
+        ({"fps": 60, "seed": 1.5}, "bad_request"),
+        ({"fps": 60, "start": -0.1}, "bad_request"),
+        ({"fps": 60, "mode": "stream"}, "bad_request"),
+        ({"fps": 60, "fsp": 60}, "bad_request"),
+        ({}, "bad_request"),
+        ({"fps": 60, "source": "clip:nope"}, "unknown_source"),
+    ],
+)
+def test_open_rejects_bad_fields(client, fields, code):
+    with pytest.raises(ProtocolError) as exc:
+        client.request("open", **fields)
+    assert exc.value.code == code
+    assert (list(fields)[-1] if fields else "fps") in exc.value.message
+
+
+def test_pull_matches_the_model(client):
+    stream = client.open_pull(source="clip:walk", seed=4)
+    times = [0.0, 2.5, 0.1, 1 / 3, 7.25]
+    model_stream = FakeModel().open("clip:walk", 4)
+    for continuous in (True, False):
+        expected = model_stream.channels_at(np.array(times), continuous=continuous)
+        np.testing.assert_array_equal(
+            client.pull(stream, times, continuous=continuous),
+            expected.astype(np.float32),
+        )
+    with pytest.raises(ProtocolError, match="times"):
+        client.pull(stream, np.arange(proto.MAX_PULL_TIMES + 1) / 60)
+    push = client.open_stream(fps=30)
+    with pytest.raises(ProtocolError, match="wrong_mode"):
+        client.pull(push.id, [0.0])
+    client.close_stream(stream)
+    with pytest.raises(ProtocolError, match="unknown_stream"):
+        client.pull(stream, [0.0])
+
+
+def test_retried_request_runs_once(server, zctx):
+    sock = zctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.ROUTING_ID, b"retry-test")
+    sock.connect(server.control_endpoint)
+    replies = []
+    for retry in (False, True):
+        sock.send(proto.encode_request(5, "open", retry=retry, mode="pull"))
+        assert sock.poll(2000)
+        replies.append(json.loads(sock.recv()))
+    sock.send(proto.encode_request(6, "open", mode="pull"))
+    assert sock.poll(2000)
+    fresh = json.loads(sock.recv())
+    sock.close()
+    assert replies[0] == replies[1] and replies[0]["ok"]
+    assert fresh["stream"] != replies[0]["stream"]
+
+
+# ---------------------------------------------------------------- streams
+
+
+def test_skeleton_comes_first_for_new_and_late_subscribers(server, client, zctx):
+    # Fresh streams: open_stream itself insists on the skeleton message first.
+    for _ in range(20):
+        stream = client.open_stream(fps=240)
+        assert stream.skeleton["names"] == ["Hips", "Chest"]
+        assert stream.recv(2.0).seq == 0
+        stream.close()
+
+    # Late subscribers to a running fast stream: skeleton first, then no gap.
+    running = client.open_stream(fps=250)
+    rng = random.Random(0)
+    for _ in range(20):
+        time.sleep(rng.uniform(0.0, 0.01))
+        sub = zctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.connect(server.stream_endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, proto.topic(running.id))
+        messages = []
+        while len(messages) < 3 and sub.poll(2000):
+            messages.append(proto.decode_stream_message(sub.recv()))
+        sub.close()
+        assert messages[0].kind == proto.KIND_SKELETON
+        assert messages[0].info["skeleton"]["names"] == ["Hips", "Chest"]
+        first_frame = next(m for m in messages if m.kind == proto.KIND_FRAME)
+        assert first_frame.seq == messages[0].seq
+    frames = collect(running, 50)
+    assert running.gaps == 0 and frames[-1].seq == frames[0].seq + 49
+
+
+def test_three_rates_at_once_agree_exactly(client):
+    streams = {fps: client.open_stream(fps=fps, seed=3) for fps in (24, 60, 144)}
+    frames = {fps: collect(s, round(0.5 * fps) + 1) for fps, s in streams.items()}
+    check_rates(frames)
+    for fps, s in streams.items():
+        np.testing.assert_array_equal(
+            frames[fps][-1].channels,
+            FakeStream(3).channels_at([0.5], continuous=False)[0].astype(np.float32),
+        )
+        assert s.gaps == 0
+    # Paced by the server clock: 72 frames at 144 fps take about half a second.
+    spread = frames[144][-1].sent - frames[144][0].sent
+    assert 0.4 < spread < 1.0
+
+
+def test_fractional_rate_and_start(client):
+    stream = client.open_stream(fps=29.97, start=10.0)
+    for f in collect(stream, 10):
+        assert f.t == 10.0 + f.seq / 29.97
+
+
+@pytest.mark.slow
+def test_real_model_three_rates_and_pull(real_model):
+    source = real_model.sources()[-1]
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=5.0) as c:
+        streams = {fps: c.open_stream(source, fps=fps, seed=2) for fps in (24, 60, 144)}
+        frames = {
+            fps: collect(s, round(0.5 * fps) + 1, timeout=10.0)
+            for fps, s in streams.items()
+        }
+        check_rates(frames)
+        pull = c.open_pull(source, seed=2)
+        times = np.array([0.0, 0.5, 0.1, 1.3, 2.7])
+        expected = real_model.open(source, seed=2).channels_at(times)
+        np.testing.assert_array_equal(c.pull(pull, times), expected.astype(np.float32))
+        # Push frames hold principal angles, as a non-continuous pull does.
+        pushed = frames[144][::7]
+        np.testing.assert_array_equal(
+            c.pull(pull, [f.t for f in pushed], continuous=False),
+            np.stack([f.channels for f in pushed]),
+        )
+
+
+GARBAGE = [
+    (random.Random(0).randbytes(64), "bad_json"),
+    (b"not json", "bad_json"),
+    (b"", "bad_json"),
+    (b"[1, 2]", "bad_json"),
+    (b'{"v": 1, "id": 1, "op": "open", "fps": NaN}', "bad_json"),
+    (b'{"v": 1, "id": 1, "op": "open", "fps": 1' + b"0" * 400 + b"}", "bad_request"),
+    (b"[" * 50000, "bad_json"),
+    (b'{"v": 1, "id": 2, "op": "open", "fps": "60"}', "bad_request"),
+    (b'{"v": 1, "id": 3, "op": "pull", "stream": 1, "times": [-1]}', "bad_request"),
+    (b'{"v": 1, "id": 4, "op": "pull", "stream": 1, "times": 5}', "bad_request"),
+    (b'{"v": 1, "id": 5, "op": "hello", "extra": 1}', "bad_request"),
+    (b'{"v": 1, "id": {"a": 1}, "op": "hello"}', "bad_request"),
+    (b'{"v": 1, "id": 6, "op": "hello", "retry": "yes"}', "bad_request"),
+    (b'{"v": 1, "id": 7, "op": "launch"}', "unknown_op"),
+    (b'{"v": 1, "id": 8}', "unknown_op"),
+    (b'{"v": 1, "id": 12, "op": ["hello"]}', "unknown_op"),
+    (b'{"v": 99, "id": 9, "op": "hello"}', "bad_version"),
+    (b'{"v": true, "id": 10, "op": "hello"}', "bad_version"),
+    (b'{"v": 1, "id": 11, "op": "close", "stream": 1}', "unknown_stream"),
+]
+
+
+def test_garbage_gets_errors_while_a_stream_runs_on(server, client, zctx):
+    stream = client.open_stream(fps=60)
+    first = stream.recv(2.0)
+    sock = zctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(server.control_endpoint)
+
+    for data, code in GARBAGE:
+        sock.send(data)
+        assert sock.poll(2000), data[:40]
+        reply = json.loads(sock.recv())
+        assert not reply["ok"] and reply["error"]["code"] == code, data[:40]
+        if code != "bad_json":
+            sent_id = json.loads(data).get("id")
+            assert reply["id"] == (sent_id if isinstance(sent_id, int) else None)
+    sock.send_multipart([b"{}", b"extra"])
+    assert sock.poll(2000)
+    assert json.loads(sock.recv())["error"]["code"] == "bad_frames"
+    # Over the size limit: ZeroMQ cuts the connection; no reply, no harm.
+    sock.send(b"x" * (proto.MAX_REQUEST_BYTES + 1))
+    assert not sock.poll(300)
+    sock.close()
+
+    frames = [first, *collect(stream, 20)]
+    assert [f.seq for f in frames] == list(range(first.seq, first.seq + 21))
+    assert stream.gaps == 0
+    assert max(b.sent - a.sent for a, b in itertools.pairwise(frames)) < 0.5
+    assert client.hello()["protocol"] == 1
+
+
+def test_lease_expiry_frees_streams(zctx):
+    with Server(FakeModel(), lease=0.5) as srv:
+        owner = Client(srv.control_endpoint, timeout=1.0, retries=0, context=zctx)
+        other = Client(srv.control_endpoint, timeout=1.0, retries=0, context=zctx)
+        pushed = owner.open_stream(fps=50)
+        pulled = owner.open_pull()
+        kept = other.open_pull()
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            other.ping()  # renews only the other client's stream
+            time.sleep(0.05)
+        with pytest.raises(StreamEnded, match="expired"):
+            while True:
+                pushed.recv(1.0)
+        assert pushed.gaps == 0
+        with pytest.raises(ProtocolError, match="unknown_stream"):
+            other.pull(pulled, [0.0])
+        assert other.pull(kept, [0.0]).shape == (1, 9)
+        owner.close()
+        other.close()
+
+
+def test_reading_a_stream_keeps_it_alive():
+    with Server(FakeModel(), lease=0.4) as srv, Client(srv.control_endpoint) as c:
+        stream = c.open_stream(fps=50)
+        frames = collect(stream, 75)  # 1.5 s: well past the lease
+        assert frames[-1].seq == 74 and stream.ended is None
+
+
+def test_server_stop_ends_streams(zctx):
+    srv = Server(FakeModel())
+    srv.start()
+    c = Client(srv.control_endpoint, timeout=1.0, context=zctx)
+    stream = c.open_stream(fps=100)
+    collect(stream, 5)
+    srv.stop()
+    rest = list(stream.frames(timeout=2.0))
+    assert [f.seq for f in rest] == list(range(5, 5 + len(rest)))
+    assert stream.ended == "server_stopped"
+    c.close()
+
+
+# ---------------------------------------------------------------- lost replies
+
+
+def test_lost_reply_is_recovered_from_a_restarted_server(zctx):
+    # A server that takes the request and dies without answering ...
+    dying_context = zmq.Context()
+    dying = dying_context.socket(zmq.ROUTER)
+    dying.linger = 0
+    dying.bind("tcp://127.0.0.1:*")
+    endpoint = dying.getsockopt_string(zmq.LAST_ENDPOINT)
+    c = Client(endpoint, timeout=0.5, retries=6, context=zctx)
+    result = {}
+    asking = threading.Thread(target=lambda: result.update(c.hello()))
+    asking.start()
+    assert dying.poll(2000)
+    _, request = dying.recv_multipart()
+    assert json.loads(request)["op"] == "hello"
+    dying.close()
+    dying_context.term()  # returns once the port is free again
+
+    # ... and a new one on the same port, which gets the retry.
+    with Server(FakeModel(), control=endpoint) as srv:
+        asking.join(5.0)
+        assert srv.control_endpoint == endpoint
+    assert result["protocol"] == 1
+    c.close()
+
+
+def test_stale_reply_is_never_taken_for_a_new_one(zctx):
+    slow = zctx.socket(zmq.ROUTER)
+    slow.linger = 0
+    slow.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    slow.bind("tcp://127.0.0.1:*")
+    c = Client(
+        slow.getsockopt_string(zmq.LAST_ENDPOINT), timeout=1.0, retries=0, context=zctx
+    )
+
+    def ask(into: list) -> threading.Thread:
+        def run() -> None:
+            try:
+                into.append(c.ping())
+            except TimeoutError as exc:
+                into.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    # The first ping is received and never answered: the client gives up on it.
+    first: list = []
+    asking = ask(first)
+    assert slow.poll(5000)
+    routing_id, old = slow.recv_multipart()
+    asking.join(5.0)
+    assert isinstance(first[0], TimeoutError)
+
+    # Its reply turns up while the client waits for the next ping's.
+    second: list = []
+    asking = ask(second)
+    assert slow.poll(5000)
+    _, new = slow.recv_multipart()
+    old_id, new_id = json.loads(old)["id"], json.loads(new)["id"]
+    assert old_id != new_id
+    slow.send_multipart([routing_id, proto.encode_reply(old_id, clock=111.0)])
+    slow.send_multipart([routing_id, proto.encode_reply(new_id, clock=222.0)])
+    asking.join(5.0)
+    assert second == [222.0]
+    c.close()
+    slow.close()

@@ -255,36 +255,43 @@ def local_to_channels(
     local_rot: np.ndarray,
     local_pos: np.ndarray,
     previous: np.ndarray | None = None,
+    continuous: bool = True,
 ) -> np.ndarray:
     """Local rotations (F, J, 3, 3) and translations (F, J, 3) to channel rows (F, C).
 
-    Euler angles come out continuous over frames (no 360-degree jumps), and continue
-    from the channel row ``previous`` (C,) when one is given. Joints with fewer than
-    three rotation channels keep only their listed axes; the caller must not ask them
-    for rotations about the missing axes.
+    With ``continuous``, Euler angles are kept continuous over frames (no 360-degree
+    jumps), continuing from the channel row ``previous`` (C,) when one is given;
+    without it every row holds the principal angles of its own rotations. Joints with
+    fewer than three rotation channels keep only their listed axes; the caller must
+    not ask them for rotations about the missing axes.
     """
     num_frames = local_rot.shape[0]
     motion = np.zeros((num_frames, skeleton.num_channels))
     starts = skeleton.channel_starts()
+    orders = [skeleton.rotation_order(j) for j in range(skeleton.num_joints)]
+    rotating = [j for j, chans in enumerate(skeleton.channels)
+                if any(c in ROTATION_CHANNELS for c in chans)]
+    angles = {}
+    for order in sorted({orders[j] for j in rotating}):
+        group = [j for j in rotating if orders[j] == order]
+        euler = matrix_to_euler(local_rot[:, group], order)  # (F, G, 3) radians
+        for g, j in enumerate(group):
+            angles[j] = euler[:, g]
+    for j in rotating:
+        if previous is not None:
+            ref = _previous_angles(skeleton, previous, j, orders[j])
+            angles[j] = unwrap_euler(np.concatenate([ref[None], angles[j]]),
+                                     orders[j])[1:]
+        elif continuous:
+            angles[j] = unwrap_euler(angles[j], orders[j])
     for j, chans in enumerate(skeleton.channels):
-        if not chans:
-            continue
-        order = skeleton.rotation_order(j)
-        angles = None
-        if any(c in ROTATION_CHANNELS for c in chans):
-            angles = matrix_to_euler(local_rot[:, j], order)  # (F, 3) radians
-            if previous is not None:
-                ref = _previous_angles(skeleton, previous, j, order)
-                angles = unwrap_euler(np.concatenate([ref[None], angles]), order)[1:]
-            else:
-                angles = unwrap_euler(angles, order)
-            angles = np.degrees(angles)
         for k, name in enumerate(chans):
             axis = "XYZ".index(name[0])
             if name in POSITION_CHANNELS:
                 motion[:, starts[j] + k] = local_pos[:, j, axis]
             else:
-                motion[:, starts[j] + k] = angles[:, order.index(name[0])]
+                motion[:, starts[j] + k] = np.degrees(
+                    angles[j][:, orders[j].index(name[0])])
     return motion
 
 

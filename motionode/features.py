@@ -74,7 +74,21 @@ class FeatureSpec:
         return 10 + 6 * len(self.rot_joints)
 
     def skel(self) -> Skeleton:
-        return Skeleton.from_dict(self.skeleton)
+        """The rig as a Skeleton, built once (decoding a live stream asks per frame)."""
+        sk = self.__dict__.get("_skeleton")
+        if sk is None:
+            sk = self.__dict__["_skeleton"] = Skeleton.from_dict(self.skeleton)
+        return sk
+
+    def constant_local(self) -> tuple[np.ndarray, np.ndarray]:
+        """Local rotations (1, J, 3, 3) and translations (1, J, 3) of the constant
+        channels, built once."""
+        const = self.__dict__.get("_constant_local")
+        if const is None:
+            sk = self.skel()
+            row = np.asarray(self.const_channels)[None]  # (1, C)
+            const = self.__dict__["_constant_local"] = channels_to_local(sk, row)
+        return const
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,6 +264,7 @@ def decode(
     root_xz: np.ndarray,
     heading: np.ndarray,
     previous: np.ndarray | None = None,
+    continuous: bool = True,
 ) -> np.ndarray:
     """Channel rows (T, C) from features (T, D) and a root trajectory.
 
@@ -258,6 +273,8 @@ def decode(
         root_xz: (T, 2) world root position on the ground plane.
         heading: (T,) world heading, radians.
         previous: channel row (C,) the Euler angles continue from, if any.
+        continuous: keep Euler angles continuous over the rows; if False, each row
+            holds principal angles and depends on its own features only.
     """
     sk = spec.skel()
     num_frames = len(pose)
@@ -266,8 +283,7 @@ def decode(
     root_pos = np.stack([root_xz[:, 0], pose[:, 0], root_xz[:, 1]], axis=1)
 
     # Express the root in its parent's frame through the constant joints above it.
-    const = np.broadcast_to(np.asarray(spec.const_channels), (1, sk.num_channels))
-    const_rot, const_pos = channels_to_local(sk, const)
+    const_rot, const_pos = spec.constant_local()
     above = _ancestors(sk, spec.root)
     if above:
         parent = above[0]
@@ -281,7 +297,7 @@ def decode(
     for j in above:
         local_rot[:, j] = const_rot[0, j]
 
-    motion = local_to_channels(sk, local_rot, local_pos, previous)
+    motion = local_to_channels(sk, local_rot, local_pos, previous, continuous)
     # Channels the features do not carry keep their constant value.
     starts = sk.channel_starts()
     for j, chans in enumerate(sk.channels):

@@ -384,9 +384,8 @@ class PoseStream:
         if len(poses) == 0:
             return np.zeros((0, self.skeleton.num_channels))
         if not continuous:
-            return np.concatenate([
-                feat.decode(self.model.spec, poses[i:i + 1], roots[i:i + 1, :2],
-                            roots[i:i + 1, 2]) for i in range(len(poses))])
+            return feat.decode(self.model.spec, poses, roots[:, :2], roots[:, 2],
+                               continuous=False)
         order = np.argsort(np.asarray(times, dtype=np.float64).reshape(-1),
                            kind="stable")
         rows = np.empty((len(poses), self.skeleton.num_channels))

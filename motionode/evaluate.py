@@ -20,7 +20,7 @@ from motionode.train import stride_clip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["clip_speeds", "reconstruction_error", "stream_speeds"]
+__all__ = ["clip_speeds", "prediction_error", "reconstruction_error", "stream_speeds"]
 
 
 @torch.no_grad()
@@ -85,3 +85,53 @@ def stream_speeds(model: MotionModel, source: str, seed: int, seconds: float,
     fk = FeatureFK(model.spec).double()
     x = torch.tensor(model.spec.normalize(poses))
     return _speeds(fk(x).numpy(), fps)
+
+
+@torch.no_grad()
+def prediction_error(model: MotionModel, clips: list[Clip],
+                     horizons: tuple[int, ...] = (2, 5, 10, 12, 30)) -> dict:
+    """MPJPE (mm) of continuing each observation window ``h`` frames (at the
+    training rate) past its last frame, beside two baselines: holding the last
+    pose (zero velocity) and extrapolating joint positions at the last frame's
+    velocity (constant velocity).
+
+    Returns:
+        {"horizons_ms": [...], "model_mm": [...], "zero_velocity_mm": [...],
+        "constant_velocity_mm": [...], "windows": n}.
+    """
+    fk = FeatureFK(model.spec).double()
+    H, T = max(horizons), model.obs_frames
+    sums = np.zeros((3, len(horizons)))
+    count, period = 0, 1.0 / model.train_fps
+    for clip in clips:
+        c = stride_clip(clip, model.train_fps)
+        x = torch.tensor(model.spec.normalize(feat.encode(model.spec, c).pose))
+        starts = range(0, len(x) - T - H + 1, T)
+        if not len(starts):
+            continue
+        idx = torch.tensor([list(range(s, s + T + H)) for s in starts])  # (W, T+H)
+        win = x[idx]  # (W, T+H, D)
+        obs, future = win[:, :T], win[:, T:]
+        t_obs = (torch.arange(T, dtype=torch.float64) - (T - 1)) * period
+        t_obs = t_obs.expand(len(win), T)
+        mask = torch.ones(len(win), T, dtype=torch.bool)
+        mean, _ = model.net.encode(obs, mask, t_obs)
+        t_pred = torch.tensor(horizons, dtype=torch.float64) * period
+        z = model.net.solve(mean, t_pred.expand(len(win), -1))  # (W, n, L)
+        anchor = obs[:, -1] - model.net.decoder(mean)
+        pred = model.net.decoder(z) + model.net.fade(t_pred)[None, :, None] \
+            * anchor[:, None]  # (W, n, D)
+        truth = fk(future[:, [h - 1 for h in horizons]])  # (W, n, J, 3)
+        last, before = fk(obs[:, -1]), fk(obs[:, -2])  # (W, J, 3)
+        steps = torch.tensor(horizons, dtype=torch.float64)[None, :, None, None]
+        guesses = [fk(pred), last[:, None].expand_as(truth),
+                   last[:, None] + steps * (last - before)[:, None]]
+        for k, g in enumerate(guesses):
+            sums[k] += (g - truth).norm(dim=-1).mean(-1).sum(0).numpy()
+        count += len(win)
+    if count == 0:
+        raise ValueError("clips: none is long enough for a window and its future")
+    mm = 1000 * sums / count
+    return {"horizons_ms": [round(1000 * h * period) for h in horizons],
+            "model_mm": mm[0].tolist(), "zero_velocity_mm": mm[1].tolist(),
+            "constant_velocity_mm": mm[2].tolist(), "windows": count}

@@ -1,0 +1,75 @@
+"""The ``motionode`` command end to end, in-process."""
+
+import json
+import shutil
+
+import pytest
+
+from motionode.bvh import read_bvh
+from motionode.checkpoint import read_metadata
+from motionode.cli import main
+from motionode.generate import MotionModel, assets_dir
+
+CLIPS = assets_dir() / "clips"
+
+
+def test_train_writes_a_model_that_generates(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("walk_normal", "bow_normal", "walk_tired"):
+        shutil.copy(CLIPS / f"dataset-1_{name}_001.bvh", data)
+    out = tmp_path / "m.safetensors"
+    code = main(["train", str(data), "--out", str(out), "--steps", "2",
+                 "--batch", "4", "--holdout", "*_tired_*", "--licence", "test-only"])
+    assert code == 0
+    meta = read_metadata(out)
+    assert meta["holdout"] == ["dataset-1_walk_tired_001.bvh"]
+    assert sorted(meta["clips"]) == ["dataset-1_bow_normal_001.bvh",
+                                     "dataset-1_walk_normal_001.bvh"]
+    assert meta["licence"] == "test-only" and meta["step"] == 2
+    assert meta["prior_windows"] > 0
+    assert (tmp_path / "m.ckpt.safetensors").exists()
+    model = MotionModel.load(out, seeds=[])
+    assert model.open("prior").channels_at([0.0, 0.5]).shape == (2, 132)
+    assert "model written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fps", ["24", "144"])
+def test_sample_exports_bvh_at_the_asked_rate(tmp_path, fps):
+    out = tmp_path / "s.bvh"
+    code = main(["sample", "--out", str(out), "--fps", fps, "--duration", "1.5",
+                 "--source", "clip:dataset-1_run_normal_001", "--seed", "4"])
+    assert code == 0
+    clip = read_bvh(out)
+    assert clip.frame_time == pytest.approx(1 / float(fps), rel=1e-12)
+    assert clip.num_frames == round(1.5 * float(fps)) + 1
+
+
+def test_eval_reports_model_far_below_mean_pose(tmp_path, capsys):
+    report = tmp_path / "eval.json"
+    code = main(["eval", str(CLIPS / "dataset-1_walk_tired_001.bvh"),
+                 str(CLIPS / "dataset-1_run_tired_001.bvh"), "--seconds", "5",
+                 "--json", str(report)])
+    assert code == 0
+    rec = json.loads(report.read_text())["reconstruction"]
+    assert rec["model_mm"] < 0.5 * rec["mean_pose_mm"]
+    assert "mean pose" in capsys.readouterr().out
+
+
+def test_bad_seed_files_give_clear_errors(tmp_path, capsys):
+    text = (CLIPS / "dataset-1_walk_normal_001.bvh").read_text().splitlines()
+    truncated = tmp_path / "cut.bvh"
+    truncated.write_text("\n".join(text[:40]))
+    code = main(["sample", "--out", str(tmp_path / "o.bvh"),
+                 "--seed-clip", str(truncated)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cut.bvh:40:" in err  # file and line
+
+    not_bvh = tmp_path / "picture.bvh"
+    not_bvh.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert main(["sample", "--out", str(tmp_path / "o.bvh"),
+                 "--seed-clip", str(not_bvh)]) == 2
+    err = capsys.readouterr().err
+    assert "picture.bvh" in err
+    assert not (tmp_path / "o.bvh").exists()

@@ -14,7 +14,9 @@ segments: at every whole multiple of ``segment`` seconds the last second of
 generated motion is encoded again and the latent state restarts from a posterior
 sample drawn from a generator seeded by (seed, segment index). The decoded pose
 carries an offset that fades from the segment start, so the pose is continuous
-across segment boundaries.
+across segment boundaries. Segments are 2 s by default: each re-encoding loses a
+little energy, so 1 s segments let motion fade toward a still pose, while one
+uninterrupted solve drifts past anything seen in training within minutes.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class MotionModel:
         """Names :meth:`open` accepts: ``prior`` and ``clip:<name>`` per seed clip."""
         return ["prior"] + [f"clip:{n}" for n in sorted(self.seeds)]
 
-    def open(self, source: str = "prior", seed: int = 0, segment: float = 1.0,
+    def open(self, source: str = "prior", seed: int = 0, segment: float = 2.0,
              temperature: float = 1.0) -> PoseStream:
         """A new stream; ``seed`` fixes every random draw, so equal arguments give
         equal motion."""

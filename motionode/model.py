@@ -168,7 +168,11 @@ class LatentODEVAE(nn.Module):
         """
         B, T = times.shape
         sign = -1.0 if bool((times <= 0).all()) else 1.0
-        union, inverse = torch.unique(times.abs().reshape(-1), return_inverse=True)
+        # Times equal but for float noise (t[i] - t[a] from different anchors) are
+        # merged at 1 ns: each distinct time becomes a solver grid point.
+        ns, inverse = torch.unique(torch.round(times.abs().reshape(-1) * 1e9),
+                                   return_inverse=True)
+        union = ns / 1e9
         if union[0] != 0:
             union = torch.cat([union.new_zeros(1), union])
             inverse = inverse + 1

@@ -73,3 +73,34 @@ def test_bad_seed_files_give_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "picture.bvh" in err
     assert not (tmp_path / "o.bvh").exists()
+
+
+def test_demo_streams_three_rates_that_agree(capsys):
+    assert main(["demo", "--seconds", "1.5"]) == 0
+    out = capsys.readouterr().out
+    for fps in ("24", "60", "144"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(f"{fps} fps"))
+        assert "consecutive: True" in line and "t == seq/fps: True" in line
+        assert "gaps: 0" in line
+    assert "largest channel difference there: 0\n" in out
+
+
+def test_listen_records_what_it_receives(tmp_path, capsys):
+    from bridge.server import Server
+
+    model = MotionModel.load()
+    out = tmp_path / "take.bvh"
+    with Server(model) as server:
+        code = main(["listen", "--control", server.control_endpoint, "--fps", "50",
+                     "--seconds", "1", "--record", str(out), "--source",
+                     "clip:dataset-1_walk_normal_001", "--seed", "3"])
+    assert code == 0
+    take = read_bvh(out)
+    assert take.frame_time == pytest.approx(1 / 50, rel=1e-12)
+    assert take.num_frames >= 40
+    # The recording holds the model's poses at k / 50 s (float32 on the wire).
+    stream = model.open("clip:dataset-1_walk_normal_001", seed=3)
+    expect = stream.positions_at(take.times)
+    got = take.world_positions() * model.spec.units_to_m
+    assert abs(got - expect).max() < 1e-4
+    assert "frames" in capsys.readouterr().out

@@ -1,11 +1,14 @@
 """Reading and writing BVH motion-capture files.
 
-Conventions (the ones Blender's importer uses, stated once):
+Conventions, stated once (Blender's importer agrees on every file with three
+rotation channels per joint; ``tests/test_blender.py`` checks it):
 
 - Each joint keeps its own CHANNELS list; rotation channels are intrinsic Euler angles
-  in degrees, applied in the order listed. A missing rotation axis is zero.
+  in degrees, applied in the order listed. A missing rotation axis is zero (Blender
+  refuses joints with one or two rotation channels).
 - A joint's local translation is its OFFSET, except that the joint's own position
-  channels *replace* the matching OFFSET components (the MotionBuilder reading).
+  channels *replace* the matching OFFSET components (the MotionBuilder reading;
+  Blender instead zeroes the components a joint has no channel for).
 - ``world_pos(j) = world_pos(parent) + world_rot(parent) @ local_pos(j)``.
 
 Lengths and axes stay as the file has them; nothing here converts units or up axes.
@@ -132,10 +135,14 @@ class Skeleton:
                 np.asarray(data["offsets"], dtype=np.float64).reshape(-1, 3),
                 [tuple(str(c) for c in chans) for chans in data["channels"]],
                 np.asarray(data.get("end_parents", []), dtype=int),
-                np.asarray(data.get("end_offsets", []), dtype=np.float64).reshape(-1, 3),
+                np.asarray(data.get("end_offsets", []), dtype=np.float64).reshape(
+                    -1, 3
+                ),
             )
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"skeleton description: missing or bad field {exc}") from exc
+            raise ValueError(
+                f"skeleton description: missing or bad field {exc}"
+            ) from exc
         sk.validate()
         return sk
 
@@ -218,7 +225,9 @@ class Clip:
         from motionode.kinematics import forward_kinematics
 
         local_rot, local_pos = self.local_transforms()
-        world_pos, world_rot = forward_kinematics(self.skeleton.parents, local_rot, local_pos)
+        world_pos, world_rot = forward_kinematics(
+            self.skeleton.parents, local_rot, local_pos
+        )
         if not include_end_sites:
             return world_pos
         sk = self.skeleton
@@ -228,7 +237,9 @@ class Clip:
         return np.concatenate([world_pos, ends], axis=1)
 
 
-def channels_to_local(skeleton: Skeleton, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def channels_to_local(
+    skeleton: Skeleton, motion: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Channel rows (F, C) to local rotations (F, J, 3, 3) and translations (F, J, 3)."""
     motion = np.asarray(motion, dtype=np.float64)
     num_frames, num_joints = motion.shape[0], skeleton.num_joints
@@ -269,8 +280,11 @@ def local_to_channels(
     motion = np.zeros((num_frames, skeleton.num_channels))
     starts = skeleton.channel_starts()
     orders = [skeleton.rotation_order(j) for j in range(skeleton.num_joints)]
-    rotating = [j for j, chans in enumerate(skeleton.channels)
-                if any(c in ROTATION_CHANNELS for c in chans)]
+    rotating = [
+        j
+        for j, chans in enumerate(skeleton.channels)
+        if any(c in ROTATION_CHANNELS for c in chans)
+    ]
     angles = {}
     for order in sorted({orders[j] for j in rotating}):
         group = [j for j in rotating if orders[j] == order]
@@ -280,8 +294,9 @@ def local_to_channels(
     for j in rotating:
         if previous is not None:
             ref = _previous_angles(skeleton, previous, j, orders[j])
-            angles[j] = unwrap_euler(np.concatenate([ref[None], angles[j]]),
-                                     orders[j])[1:]
+            angles[j] = unwrap_euler(np.concatenate([ref[None], angles[j]]), orders[j])[
+                1:
+            ]
         elif continuous:
             angles[j] = unwrap_euler(angles[j], orders[j])
     for j, chans in enumerate(skeleton.channels):
@@ -291,7 +306,8 @@ def local_to_channels(
                 motion[:, starts[j] + k] = local_pos[:, j, axis]
             else:
                 motion[:, starts[j] + k] = np.degrees(
-                    angles[j][:, orders[j].index(name[0])])
+                    angles[j][:, orders[j].index(name[0])]
+                )
     return motion
 
 
@@ -325,7 +341,9 @@ def read_bvh(path: str | os.PathLike) -> Clip:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise BVHError(path, line, "expected UTF-8 text, got undecodable bytes") from None
+        raise BVHError(
+            path, line, "expected UTF-8 text, got undecodable bytes"
+        ) from None
     return parse_bvh(text, path)
 
 
@@ -335,8 +353,11 @@ _TOKEN = re.compile(r"\S+")
 def parse_bvh(text: str, path: str = "<string>") -> Clip:
     """Parse BVH ``text``; ``path`` is used in error messages only."""
     if "\x00" in text:
-        raise BVHError(path, text.count("\n", 0, text.index("\x00")) + 1,
-                       "expected text, got binary data (NUL byte)")
+        raise BVHError(
+            path,
+            text.count("\n", 0, text.index("\x00")) + 1,
+            "expected text, got binary data (NUL byte)",
+        )
     lines = text.splitlines()
     skeleton, line_no = _parse_hierarchy(lines, path)
     motion, frame_time = _parse_motion(lines, line_no, skeleton, path)
@@ -365,7 +386,9 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
         key = toks[0].upper()
         if not seen_header:
             if key != "HIERARCHY":
-                raise BVHError(path, line, f"expected 'HIERARCHY', got {raw.strip()[:40]!r}")
+                raise BVHError(
+                    path, line, f"expected 'HIERARCHY', got {raw.strip()[:40]!r}"
+                )
             seen_header = True
             continue
         if key in ("ROOT", "JOINT"):
@@ -379,7 +402,7 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
                 raise BVHError(path, line, f"expected '{{', got {toks[0]!r}")
             seen_root = True
             # Names keep inner spaces exactly: take the text after the keyword.
-            name = raw.strip()[len(toks[0]):].strip()
+            name = raw.strip()[len(toks[0]) :].strip()
             names.append(name)
             parents.append(stack[-1][0] if stack else -1)
             offsets.append([0.0, 0.0, 0.0])
@@ -387,7 +410,9 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
             pending = len(names) - 1
         elif key == "END":
             if len(toks) < 2 or toks[1].upper() != "SITE":
-                raise BVHError(path, line, f"expected 'End Site', got {raw.strip()[:40]!r}")
+                raise BVHError(
+                    path, line, f"expected 'End Site', got {raw.strip()[:40]!r}"
+                )
             if not stack or stack[-1][0] < 0 or pending is not None:
                 raise BVHError(path, line, "expected End Site inside a joint block")
             end_parents.append(stack[-1][0])
@@ -395,7 +420,9 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
             pending = -2
         elif key == "{":
             if pending is None:
-                raise BVHError(path, line, "expected ROOT, JOINT or End Site before '{'")
+                raise BVHError(
+                    path, line, "expected ROOT, JOINT or End Site before '{'"
+                )
             stack.append((pending, line))
             pending = None
         elif key == "}":
@@ -417,8 +444,12 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
         elif key == "MOTION":
             if stack or pending is not None:
                 open_line = stack[-1][1] if stack else line
-                raise BVHError(path, line, f"expected '}}' closing the block opened at "
-                               f"line {open_line}, got 'MOTION'")
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected '}}' closing the block opened at "
+                    f"line {open_line}, got 'MOTION'",
+                )
             if not names:
                 raise BVHError(path, line, "expected a ROOT joint before MOTION")
             sk = Skeleton(
@@ -431,20 +462,30 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
             )
             return sk, n
         else:
-            raise BVHError(path, line, f"expected a hierarchy keyword, got {toks[0][:40]!r}")
+            raise BVHError(
+                path, line, f"expected a hierarchy keyword, got {toks[0][:40]!r}"
+            )
     if not seen_header:
-        raise BVHError(path, n + 1 if lines else 1, "expected 'HIERARCHY', got end of file")
+        raise BVHError(
+            path, n + 1 if lines else 1, "expected 'HIERARCHY', got end of file"
+        )
     raise BVHError(path, len(lines), "expected 'MOTION', got end of file")
 
 
-def _floats(toks: list[str], count: int, path: str, line: int, what: str) -> list[float]:
+def _floats(
+    toks: list[str], count: int, path: str, line: int, what: str
+) -> list[float]:
     if len(toks) != count:
-        raise BVHError(path, line, f"expected {count} numbers after {what}, got {len(toks)}")
+        raise BVHError(
+            path, line, f"expected {count} numbers after {what}, got {len(toks)}"
+        )
     try:
         vals = [float(t) for t in toks]
     except ValueError:
         bad = next(t for t in toks if not _is_float(t))
-        raise BVHError(path, line, f"expected a number in {what}, got {bad[:40]!r}") from None
+        raise BVHError(
+            path, line, f"expected a number in {what}, got {bad[:40]!r}"
+        ) from None
     if not all(math.isfinite(v) for v in vals):
         raise BVHError(path, line, f"expected finite numbers in {what}, got {toks}")
     return vals
@@ -461,18 +502,25 @@ def _is_float(tok: str) -> bool:
 def _channels(toks: list[str], path: str, line: int) -> tuple[str, ...]:
     if len(toks) < 2 or not _is_count(toks[1]):
         got = toks[1] if len(toks) > 1 else "end of line"
-        raise BVHError(path, line, f"expected a channel count after CHANNELS, got {got!r}")
+        raise BVHError(
+            path, line, f"expected a channel count after CHANNELS, got {got!r}"
+        )
     count = int(toks[1])
     names = toks[2:]
     if count > 6 or len(names) != count:
-        raise BVHError(path, line, f"expected {count} channel names (at most 6), "
-                       f"got {len(names)}")
+        raise BVHError(
+            path, line, f"expected {count} channel names (at most 6), got {len(names)}"
+        )
     out = []
     for tok in names:
         canon = _VALID_CHANNELS.get(tok.lower())
         if canon is None:
-            raise BVHError(path, line, f"expected a channel name like Xrotation or "
-                           f"Yposition, got {tok[:40]!r}")
+            raise BVHError(
+                path,
+                line,
+                f"expected a channel name like Xrotation or "
+                f"Yposition, got {tok[:40]!r}",
+            )
         if canon in out:
             raise BVHError(path, line, f"expected each channel once, got {tok!r} twice")
         out.append(canon)
@@ -502,15 +550,18 @@ def _parse_motion(
 ) -> tuple[np.ndarray, float]:
     value, idx = _header_value(lines, motion_idx + 1, "Frames:", path)
     if not _is_count(value):
-        raise BVHError(path, idx + 1, f"expected a whole frame count, got {value[:40]!r}")
+        raise BVHError(
+            path, idx + 1, f"expected a whole frame count, got {value[:40]!r}"
+        )
     frames_line = idx + 1
     declared = int(value)
     value, idx = _header_value(lines, idx + 1, "Frame Time:", path)
     try:
         frame_time = float(value)
     except ValueError:
-        raise BVHError(path, idx + 1, f"expected a frame time in seconds, got "
-                       f"{value[:40]!r}") from None
+        raise BVHError(
+            path, idx + 1, f"expected a frame time in seconds, got {value[:40]!r}"
+        ) from None
     if not (math.isfinite(frame_time) and frame_time > 0):
         raise BVHError(path, idx + 1, f"expected a positive frame time, got {value!r}")
 
@@ -530,15 +581,21 @@ def _parse_motion(
     if num_channels == 0 and declared:
         motion = np.zeros((declared, 0))
     if len(motion) != declared:
-        warnings.warn(f"{path}:{frames_line}: Frames: says {declared}, found "
-                      f"{len(motion)} complete rows; keeping {len(motion)}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{path}:{frames_line}: Frames: says {declared}, found "
+            f"{len(motion)} complete rows; keeping {len(motion)}",
+            stacklevel=3,
+        )
     bad = ~np.isfinite(motion)
     if bad.any():
         f, c = np.argwhere(bad)[0]
-        raise BVHError(path, data_lines[f] + 1, f"expected finite values, got "
-                       f"{motion[f, c]} in frame {f} channel {c} "
-                       f"({_channel_label(skeleton, c)})")
+        raise BVHError(
+            path,
+            data_lines[f] + 1,
+            f"expected finite values, got "
+            f"{motion[f, c]} in frame {f} channel {c} "
+            f"({_channel_label(skeleton, c)})",
+        )
     return motion, frame_time
 
 
@@ -554,20 +611,27 @@ def _fast_floats(block: str) -> np.ndarray | None:
             return None
 
 
-def _slow_rows(lines: list[str], data_lines: list[int], width: int, path: str) -> np.ndarray:
+def _slow_rows(
+    lines: list[str], data_lines: list[int], width: int, path: str
+) -> np.ndarray:
     """Parse row by row to find and name the first bad line."""
     rows = []
     for i in data_lines:
         toks = lines[i].split()
         if len(toks) != width:
             what = "row cut short" if len(toks) < width else "too many values"
-            raise BVHError(path, i + 1, f"expected {width} values per motion row, got "
-                           f"{len(toks)} ({what})")
+            raise BVHError(
+                path,
+                i + 1,
+                f"expected {width} values per motion row, got {len(toks)} ({what})",
+            )
         try:
             rows.append([float(t) for t in toks])
         except ValueError:
             bad = next(t for t in toks if not _is_float(t))
-            raise BVHError(path, i + 1, f"expected a number, got {bad[:40]!r}") from None
+            raise BVHError(
+                path, i + 1, f"expected a number, got {bad[:40]!r}"
+            ) from None
     return np.asarray(rows, dtype=np.float64).reshape(-1)
 
 
@@ -587,19 +651,26 @@ def format_bvh(clip: Clip) -> str:
     sk = clip.skeleton
     motion = np.asarray(clip.motion, dtype=np.float64)
     if motion.shape[1:] != (sk.num_channels,):
-        raise ValueError(f"motion: expected (F, {sk.num_channels}) values, got "
-                         f"{motion.shape}")
+        raise ValueError(
+            f"motion: expected (F, {sk.num_channels}) values, got {motion.shape}"
+        )
     if not np.isfinite(motion).all():
         f, c = np.argwhere(~np.isfinite(motion))[0]
-        raise ValueError(f"motion: non-finite value {motion[f, c]} in frame {f} "
-                         f"channel {c}; refusing to write it")
+        raise ValueError(
+            f"motion: non-finite value {motion[f, c]} in frame {f} "
+            f"channel {c}; refusing to write it"
+        )
     if not (math.isfinite(clip.frame_time) and clip.frame_time > 0):
-        raise ValueError(f"frame_time: expected a positive number, got {clip.frame_time}")
+        raise ValueError(
+            f"frame_time: expected a positive number, got {clip.frame_time}"
+        )
     for what, table in (("offsets", sk.offsets), ("end_offsets", sk.end_offsets)):
         if not np.isfinite(table).all():
             row = int(np.argwhere(~np.isfinite(table))[0, 0])
-            raise ValueError(f"skeleton.{what}: non-finite value in row {row} "
-                             f"{np.asarray(table)[row].tolist()}; refusing to write it")
+            raise ValueError(
+                f"skeleton.{what}: non-finite value in row {row} "
+                f"{np.asarray(table)[row].tolist()}; refusing to write it"
+            )
 
     out = ["HIERARCHY"]
     children: dict[int, list[int]] = {}
@@ -614,13 +685,20 @@ def format_bvh(clip: Clip) -> str:
         out.append(f"{pad}{'ROOT' if depth == 0 else 'JOINT'} {sk.names[j]}")
         out.append(pad + "{")
         out.append(f"{pad}  OFFSET {_fmt_row(sk.offsets[j])}")
-        out.append(f"{pad}  CHANNELS {len(sk.channels[j])} {' '.join(sk.channels[j])}"
-                   .rstrip())
+        out.append(
+            f"{pad}  CHANNELS {len(sk.channels[j])} {' '.join(sk.channels[j])}".rstrip()
+        )
         for c in children.get(j, []):
             emit(c, depth + 1)
         for e in ends.get(j, []):
-            out.extend([f"{pad}  End Site", f"{pad}  {{",
-                        f"{pad}    OFFSET {_fmt_row(sk.end_offsets[e])}", f"{pad}  }}"])
+            out.extend(
+                [
+                    f"{pad}  End Site",
+                    f"{pad}  {{",
+                    f"{pad}    OFFSET {_fmt_row(sk.end_offsets[e])}",
+                    f"{pad}  }}",
+                ]
+            )
         out.append(pad + "}")
 
     emit(0, 0)
@@ -634,7 +712,9 @@ def _fmt_row(values: np.ndarray) -> str:
     return " ".join(repr(v) for v in np.asarray(values, dtype=np.float64).tolist())
 
 
-def write_bvh(path: str | os.PathLike, clip: Clip, rotation_order: str | None = None) -> None:
+def write_bvh(
+    path: str | os.PathLike, clip: Clip, rotation_order: str | None = None
+) -> None:
     """Write ``clip`` to ``path`` atomically (temporary file, then rename).
 
     Args:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from motionode.preview_cli import add_parser as add_preview_parser
+
 log = logging.getLogger("motionode")
 
 
@@ -451,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fps", type=float, nargs="+", default=[24.0, 60.0, 144.0])
     d.add_argument("--seconds", type=float, default=5.0)
     d.set_defaults(func=_cmd_demo)
+
+    add_preview_parser(sub)
     return p
 
 

@@ -283,6 +283,9 @@ class PoseStream:
 
     def _next_segment(self, index: int, grid: torch.Tensor) -> _Segment:
         """Segment ``index`` from the solved grid (S + 1, L + 3) of the one before."""
+        # TODO: re-encoding generated motion loses energy, so prior streams drift
+        # toward slow, gesture-like motion and runs slow down within a minute; a
+        # model trained on its own rollouts would keep pace.
         m = self.model
         n = min(m.obs_frames, len(grid))
         window = grid[-n:]  # (n, L + 3)

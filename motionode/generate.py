@@ -11,10 +11,11 @@ time between grid points is one shortened RK4 step from the grid point before it
 
 The model was trained on windows a second or two long, so a stream is made of
 segments: at every whole multiple of ``segment`` seconds the last second of
-generated motion is encoded again and the latent state restarts from a posterior
-sample drawn from a generator seeded by (seed, segment index). The decoded pose
-carries an offset that fades from the segment start, so the pose is continuous
-across segment boundaries. Segments are 2 s by default: each re-encoding loses a
+generated motion is encoded again and a new latent state starts from a posterior
+sample drawn from a generator seeded by (seed, segment index). The previous
+segment's latent keeps running for half a second beside it, and the pose cross-fades
+from the old motion to the new with a weight whose slope is zero at both ends, so
+pose and velocity are both continuous across boundaries. Segments are 2 s by default: each re-encoding loses a
 little energy, so 1 s segments let motion fade toward a still pose, while one
 uninterrupted solve drifts past anything seen in training within minutes.
 """
@@ -53,10 +54,23 @@ def default_model_path() -> Path:
 
 @dataclass
 class _Segment:
-    """Where one segment starts: augmented state (L + 3,) and pose offset (D,)."""
+    """Where one segment starts.
+
+    Attributes:
+        state: (2L + 3,) the new latent, the previous segment's latent carried on
+            through the blend, and the root's x, z and heading.
+        offset: (D,) normalised pose offset fading from the segment start (a seed
+            clip's last pose); zero after the first segment.
+        old_offset: (D,) the previous segment's offset, and ``old_tau`` its
+            segment-local time at this segment's start.
+        blend: whether the pose starts on the previous segment's motion.
+    """
 
     state: torch.Tensor
     offset: torch.Tensor
+    old_offset: torch.Tensor
+    old_tau: float = 0.0
+    blend: bool = False
 
 
 class MotionModel:
@@ -249,6 +263,7 @@ class PoseStream:
         self.rate = float(rate)
         self.steps_per_segment = round(steps)
         self.latent = model.net.config.latent_dim
+        self.blend = min(0.5, segment / 2)  # seconds over which segments cross-fade
         self._segments: list[_Segment] = [self._first_segment()]
         self._grid: dict[int, torch.Tensor] = {}  # segment -> (S + 1, L + 3) states
 
@@ -279,45 +294,61 @@ class PoseStream:
                 offset = x[-1] - m.decode_norm(z)
             root = torch.tensor([*end["xz"], end["heading"]], dtype=torch.float64,
                                 device=dev)
-        return _Segment(torch.cat([z, root]), offset)
+        state = torch.cat([z, torch.zeros_like(z), root])
+        return _Segment(state, offset, torch.zeros_like(offset))
 
     def _next_segment(self, index: int, grid: torch.Tensor) -> _Segment:
-        """Segment ``index`` from the solved grid (S + 1, L + 3) of the one before."""
+        """Segment ``index`` from the solved grid (S + 1, 2L + 3) of the one before."""
         # TODO: re-encoding generated motion loses energy, so prior streams drift
         # toward slow, gesture-like motion and runs slow down within a minute; a
         # model trained on its own rollouts would keep pace.
-        m = self.model
+        m, L = self.model, self.latent
         n = min(m.obs_frames, len(grid))
-        window = grid[-n:]  # (n, L + 3)
         prev = self._segments[index - 1]
         tau = torch.arange(len(grid) - n, len(grid), dtype=torch.float64,
                            device=m.device) / self.rate
-        with torch.no_grad():
-            x = m.decode_norm(window[:, :self.latent]) + self._fade(tau)[:, None] \
-                * prev.offset  # (n, D)
-        t = tau - tau[-1]
-        z = m.posterior(x, t, self._generator(index), self.temperature)
-        with torch.no_grad():
-            offset = x[-1] - m.decode_norm(z)
-        return _Segment(torch.cat([z, grid[-1, self.latent:]]), offset)
+        x = torch.stack([self._pose(prev, float(a), y)
+                         for a, y in zip(tau, grid[-n:])])  # (n, D)
+        z = m.posterior(x, tau - tau[-1], self._generator(index), self.temperature)
+        end = grid[-1]
+        state = torch.cat([z, end[:L], end[2 * L:]])
+        return _Segment(state, torch.zeros_like(prev.offset), prev.offset,
+                        self.segment, blend=True)
 
     def _fade(self, tau: torch.Tensor) -> torch.Tensor:
         return self.model.net.fade(tau)
 
-    def _field(self, offset: torch.Tensor):
+    def _weight(self, tau: torch.Tensor) -> torch.Tensor:
+        """Weight of the previous segment's motion: 1 at the start, 0 after the
+        blend, with zero slope at both ends, so velocity is continuous too."""
+        u = torch.clamp(torch.as_tensor(tau, dtype=torch.float64) / self.blend, 0, 1)
+        return 1.0 - u * u * (3.0 - 2.0 * u)
+
+    def _pose(self, seg: _Segment, tau, y: torch.Tensor) -> torch.Tensor:
+        """Normalised pose (..., D) at segment-local time ``tau`` of state y."""
+        m, L = self.model, self.latent
+        tau = torch.as_tensor(tau, dtype=torch.float64)
+        x = m.decode_norm(y[..., :L]) + self._fade(tau) * seg.offset
+        if seg.blend:
+            old = m.decode_norm(y[..., L:2 * L]) + self._fade(tau + seg.old_tau) \
+                * seg.old_offset
+            x = x + self._weight(tau) * (old - x)
+        return x
+
+    def _field(self, seg: _Segment):
         """The augmented vector field of one segment, in segment-local time."""
         m, L = self.model, self.latent
 
         def f(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            z = y[..., :L]
-            x = m.decode_norm(z) + self._fade(tau) * offset
-            pose = m.denormalize(x)
-            heading = y[..., L + 2]
+            pose = m.denormalize(self._pose(seg, tau, y))
+            heading = y[..., 2 * L + 2]
             c, s = torch.cos(heading), torch.sin(heading)
             vx, vz = pose[..., 1], pose[..., 2]
             # Heading frame to world: rotation by the heading about the up (Y) axis.
             root = torch.stack([c * vx + s * vz, -s * vx + c * vz, pose[..., 3]], -1)
-            return torch.cat([m.net.dynamics(tau, z), root], -1)
+            latents = y[..., :2 * L].reshape(*y.shape[:-1], 2, L)  # (..., 2, L)
+            flow = m.net.dynamics(tau, latents).reshape(*y.shape[:-1], 2 * L)
+            return torch.cat([flow, root], -1)
 
         return f
 
@@ -333,10 +364,10 @@ class PoseStream:
 
     @torch.no_grad()
     def _solve(self, index: int) -> torch.Tensor:
-        """Grid states (S + 1, L + 3) of segment ``index``; the latest two are kept."""
+        """Grid states (S + 1, 2L + 3) of segment ``index``; the latest two are kept."""
         if index not in self._grid:
             seg = self._segment(index)
-            f = self._field(seg.offset)
+            f = self._field(seg)
             states = [seg.state]
             for i in range(self.steps_per_segment):
                 states.append(self._step(f, states[-1], i / self.rate,
@@ -368,13 +399,11 @@ class PoseStream:
             seg = self._segments[index]
             y = grid[step]
             if tau - tau_k > 1e-12:
-                y = self._step(self._field(seg.offset), y, tau_k, tau)
+                y = self._step(self._field(seg), y, tau_k, tau)
             else:
                 tau = tau_k
-            x = m.decode_norm(y[:self.latent]) + self._fade(
-                torch.tensor(tau, dtype=torch.float64)) * seg.offset
-            poses[i] = m.denormalize(x).cpu().numpy()
-            roots[i] = y[self.latent:].cpu().numpy()
+            poses[i] = m.denormalize(self._pose(seg, tau, y)).cpu().numpy()
+            roots[i] = y[2 * self.latent:].cpu().numpy()
         return poses, roots
 
     def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:

@@ -83,6 +83,22 @@ def test_no_jump_at_segment_boundaries(model):
     assert step[boundary].max() <= data_at_120
 
 
+@pytest.mark.parametrize("source", ["prior", WALK])
+def test_velocity_is_continuous_across_segment_boundaries(model, source):
+    # Velocity just before and just after a time: at a boundary the jump must be
+    # no larger than an ordinary instant's (acceleration times the step).
+    stream = model.open(source, seed=0)
+    d = 1e-3
+
+    def jump(t: float) -> float:
+        p = stream.positions_at(np.array([t - d, t, t + d]))  # (3, J, 3)
+        return float(np.abs((p[2] - p[1]) - (p[1] - p[0])).max() / d)
+
+    ordinary = max(jump(t) for t in (0.7, 1.3, 2.9, 3.3))
+    for k in (1, 2, 3):
+        assert jump(k * stream.segment) < 3 * ordinary + 1e-3
+
+
 def test_sixty_seconds_neither_freeze_nor_blow_up(model):
     # Mean joint speed of every second, against the training data's per-second
     # speeds (stored with the model): no slower than its 1st percentile (a still

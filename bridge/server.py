@@ -20,7 +20,7 @@ import math
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +156,9 @@ class Server:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Subscriptions in force on the stream socket, with how many hold each; a
+        # stream opened later than a matching subscription starts on it.
+        self._prefixes: Counter[bytes] = Counter()
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
@@ -487,6 +490,11 @@ class Server:
             if stream.end is not None:
                 self._finish(xpub, stream)
                 continue
+            if stream.clock0 is None and stream.mode == "push" and any(
+                proto.topic(stream.id).startswith(p) for p in +self._prefixes
+            ):
+                # Subscribed before it was opened (an empty or prefix subscription).
+                self._send_skeleton(xpub, stream)
             if stream.clock0 is None:  # a pull stream, or no subscriber yet
                 continue
             count = 0
@@ -590,9 +598,11 @@ class Server:
             prefix = message[1:]
             if message[0] == 0:
                 xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                self._prefixes[prefix] -= 1
                 logger.debug("stream: unsubscribed from %r", prefix)
                 continue
             xpub.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._prefixes[prefix] += 1
             with self._lock:
                 matches = [
                     s

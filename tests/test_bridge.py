@@ -342,6 +342,25 @@ def test_skeleton_comes_first_for_new_and_late_subscribers(server, client, zctx)
     assert running.gaps == 0 and frames[-1].seq == frames[0].seq + 49
 
 
+def test_subscription_made_before_open_starts_the_stream(server, client, zctx):
+    # A monitor subscribed to everything before any stream exists.
+    monitor = zctx.socket(zmq.SUB)
+    monitor.linger = 0
+    monitor.connect(server.stream_endpoint)
+    monitor.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.2)  # let the subscription reach the server
+    opened = client.request("open", source="prior", fps=100.0, seed=0, mode="push")
+    topic = opened[0]["topic"].encode()
+    messages = []
+    while len(messages) < 4 and monitor.poll(3000):
+        messages.append(monitor.recv())
+    monitor.close()
+    assert len(messages) == 4 and all(m.startswith(topic) for m in messages)
+    decoded = [proto.decode_stream_message(m) for m in messages]
+    assert decoded[0].kind == proto.KIND_SKELETON
+    assert [m.seq for m in decoded[1:]] == [0, 1, 2]
+
+
 def test_three_rates_at_once_agree_exactly(client):
     streams = {fps: client.open_stream(fps=fps, seed=3) for fps in (24, 60, 144)}
     frames = {fps: collect(s, round(0.5 * fps) + 1) for fps, s in streams.items()}

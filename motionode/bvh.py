@@ -725,6 +725,8 @@ def write_bvh(
         clip = reorder_rotations(clip, rotation_order)
     text = format_bvh(clip)
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import zmq
 
 from motionode.preview_cli import add_parser as add_preview_parser
 
@@ -218,11 +220,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"  stream  {server.stream_endpoint}")
     print(f"  sources {', '.join(model.sources())}")
     print("Ctrl-C stops")
+    # A plain `kill` should also end streams cleanly, with their end messages.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:
             time.sleep(3600)
     finally:
         server.stop()
+        print("server stopped")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 class _Stats:
@@ -257,23 +266,40 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         print(f"stream {stream.id}: {args.source} at {args.fps:g} fps, "
               f"{len(sk['names'])} joints, {sk['num_channels']} channels")
         stats, rows = _Stats(args.fps), []
-        end = time.monotonic() + args.seconds
-        next_report = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            frame = stream.recv(timeout=max(1.0, 5.0 / args.fps))
-            stats.add(frame, offset)
-            if args.record:
-                rows.append(frame.channels)
-            if time.monotonic() >= next_report:
-                next_report += 1.0
-                print(_stats_line(stats, stream.gaps, frame.t))
-        print(_stats_line(stats, stream.gaps, stats.last_seq / args.fps))
-        if args.record:
-            _record(args.record, sk, rows, args.fps)
-        client.close_stream(stream)
+        try:
+            _receive(stream, args, stats, rows, offset)
+        finally:
+            # Whatever ends the take (its length, Ctrl-C, a lost or stopped server)
+            # what arrived is kept.
+            print(_stats_line(stats, stream.gaps, stats.last_seq / args.fps))
+            if args.record and rows:
+                _record(args.record, sk, rows, args.fps)
+        if stream.ended is None:
+            client.close_stream(stream)
     finally:
         client.close()
     return 0
+
+
+def _receive(stream, args: argparse.Namespace, stats: _Stats, rows: list,
+             offset: float) -> None:
+    """Read frames for ``args.seconds``, printing figures once a second."""
+    from bridge.client import StreamEnded
+
+    end = time.monotonic() + args.seconds
+    next_report = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        try:
+            frame = stream.recv(timeout=max(1.0, 5.0 / args.fps))
+        except StreamEnded as exc:
+            print(f"stream ended: {exc}")
+            return
+        stats.add(frame, offset)
+        if args.record:
+            rows.append(frame.channels)
+        if time.monotonic() >= next_report:
+            next_report += 1.0
+            print(_stats_line(stats, stream.gaps, frame.t))
 
 
 def _stats_line(stats: _Stats, gaps: int, t: float) -> str:
@@ -367,6 +393,9 @@ def _report_demo(rates: list[float], streams: list, got: list[dict]) -> None:
 # ---------------------------------------------------------------------------- main
 
 
+_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="motionode",
@@ -374,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model on BVH clips of one rig")
+    t = sub.add_parser("train", formatter_class=_FMT, help="train a model on BVH clips of one rig")
     t.add_argument("clips", nargs="+", help="BVH files or folders")
     t.add_argument("--out", required=True,
                    help="model file (.safetensors); training checkpoints go beside "
@@ -397,22 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--model", default=None,
-                       help="model checkpoint (default: the bundled model)")
+                       help="model checkpoint; none: the bundled model")
         q.add_argument("--seed-clip", nargs="*", default=[],
                        help="BVH clips usable as sources 'clip:<file stem>'")
 
-    s = sub.add_parser("sample", help="write generated motion to a BVH file")
+    s = sub.add_parser("sample", formatter_class=_FMT, help="write generated motion to a BVH file")
     model_args(s)
     s.add_argument("--out", required=True, help="BVH file to write")
     s.add_argument("--source", default="prior", help="'prior' or 'clip:<name>'")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="same seed, same motion")
     s.add_argument("--duration", type=float, default=10.0, help="seconds")
     s.add_argument("--fps", type=float, default=30.0, help="any positive rate")
     s.add_argument("--rotation-order", default=None,
                    help="write every joint in this Euler order (e.g. ZXY)")
     s.set_defaults(func=_cmd_sample)
 
-    e = sub.add_parser("eval", help="measure a model on held-out clips")
+    e = sub.add_parser("eval", formatter_class=_FMT, help="measure a model on held-out clips")
     model_args(e)
     e.add_argument("clips", nargs="*",
                    help="BVH files or folders (default: the model's held-out clips)")
@@ -421,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the figures to this JSON file")
     e.set_defaults(func=_cmd_eval)
 
-    v = sub.add_parser("serve", help="stream the model over ZeroMQ")
+    v = sub.add_parser("serve", formatter_class=_FMT, help="stream the model over ZeroMQ")
     model_args(v)
     v.add_argument("--control", default="tcp://127.0.0.1:5555",
                    help="request/reply endpoint")
@@ -433,25 +462,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow binding an address other than 127.0.0.1")
     v.set_defaults(func=_cmd_serve)
 
-    li = sub.add_parser("listen", help="receive a stream, show stats, record BVH")
-    li.add_argument("--control", default="tcp://127.0.0.1:5555")
+    li = sub.add_parser("listen", formatter_class=_FMT, help="receive a stream, show stats, record BVH")
+    li.add_argument("--control", default="tcp://127.0.0.1:5555",
+                    help="the server's control endpoint")
     li.add_argument("--stream-endpoint", default=None,
-                    help="publishing endpoint (default: asked from the server)")
-    li.add_argument("--source", default="prior")
-    li.add_argument("--seed", type=int, default=0)
+                    help="publishing endpoint; none: asked from the server")
+    li.add_argument("--source", default="prior", help="'prior' or 'clip:<name>'")
+    li.add_argument("--seed", type=int, default=0, help="same seed, same motion")
     li.add_argument("--fps", type=float, default=60.0, help="any positive rate")
-    li.add_argument("--seconds", type=float, default=10.0)
+    li.add_argument("--seconds", type=float, default=10.0,
+                    help="how long to listen (Ctrl-C ends sooner, keeping the take)")
     li.add_argument("--timeout", type=float, default=2.0,
                     help="seconds to wait for each server reply")
     li.add_argument("--record", help="write what was received to this BVH file")
     li.set_defaults(func=_cmd_listen)
 
-    d = sub.add_parser("demo", help="serve the bundled model to a local client")
+    d = sub.add_parser("demo", formatter_class=_FMT, help="serve the bundled model to a local client")
     model_args(d)
-    d.add_argument("--source", default="clip:dataset-1_walk_normal_001")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--fps", type=float, nargs="+", default=[24.0, 60.0, 144.0])
-    d.add_argument("--seconds", type=float, default=5.0)
+    d.add_argument("--source", default="clip:dataset-1_walk_normal_001",
+                   help="'prior' or 'clip:<name>'")
+    d.add_argument("--seed", type=int, default=0, help="same seed, same motion")
+    d.add_argument("--fps", type=float, nargs="+", default=[24.0, 60.0, 144.0],
+                   help="one stream per rate, all read by one client")
+    d.add_argument("--seconds", type=float, default=5.0, help="how long to read")
     d.set_defaults(func=_cmd_demo)
 
     add_preview_parser(sub)
@@ -469,6 +502,15 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # Network failures and protocol errors from the bridge, reported plainly.
+        from bridge.client import StreamEnded
+        from bridge.protocol import ProtocolError
+
+        if not isinstance(exc, ProtocolError | StreamEnded | zmq.ZMQError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -141,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     report, written = pv.write_preview(
         traj, args.out, limits, floor, args.glb_times, pictures
     )
-    for line in format_report(report, every=args.all):
+    lines = format_report(report, every=args.all)
+    lines.insert(3, f"  lengths: {traj.units_to_m:g} m per rig unit (--units; the "
+                    "bundled rig is in centimetres)")
+    for line in lines:
         print(line)
     print(
         f"wrote {len(written)} files to {args.out}: "

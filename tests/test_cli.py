@@ -19,13 +19,29 @@ def test_train_writes_a_model_that_generates(tmp_path, capsys):
     for name in ("walk_normal", "bow_normal", "walk_tired"):
         shutil.copy(CLIPS / f"dataset-1_{name}_001.bvh", data)
     out = tmp_path / "m.safetensors"
-    code = main(["train", str(data), "--out", str(out), "--steps", "2",
-                 "--batch", "4", "--holdout", "*_tired_*", "--licence", "test-only"])
+    code = main(
+        [
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--holdout",
+            "*_tired_*",
+            "--licence",
+            "test-only",
+        ]
+    )
     assert code == 0
     meta = read_metadata(out)
     assert meta["holdout"] == ["dataset-1_walk_tired_001.bvh"]
-    assert sorted(meta["clips"]) == ["dataset-1_bow_normal_001.bvh",
-                                     "dataset-1_walk_normal_001.bvh"]
+    assert sorted(meta["clips"]) == [
+        "dataset-1_bow_normal_001.bvh",
+        "dataset-1_walk_normal_001.bvh",
+    ]
     assert meta["licence"] == "test-only" and meta["step"] == 2
     assert meta["prior_windows"] > 0
     assert (tmp_path / "m.ckpt.safetensors").exists()
@@ -37,8 +53,21 @@ def test_train_writes_a_model_that_generates(tmp_path, capsys):
 @pytest.mark.parametrize("fps", ["24", "144"])
 def test_sample_exports_bvh_at_the_asked_rate(tmp_path, fps):
     out = tmp_path / "s.bvh"
-    code = main(["sample", "--out", str(out), "--fps", fps, "--duration", "1.5",
-                 "--source", "clip:dataset-1_run_normal_001", "--seed", "4"])
+    code = main(
+        [
+            "sample",
+            "--out",
+            str(out),
+            "--fps",
+            fps,
+            "--duration",
+            "1.5",
+            "--source",
+            "clip:dataset-1_run_normal_001",
+            "--seed",
+            "4",
+        ]
+    )
     assert code == 0
     clip = read_bvh(out)
     assert clip.frame_time == pytest.approx(1 / float(fps), rel=1e-12)
@@ -47,9 +76,17 @@ def test_sample_exports_bvh_at_the_asked_rate(tmp_path, fps):
 
 def test_eval_reports_model_far_below_mean_pose(tmp_path, capsys):
     report = tmp_path / "eval.json"
-    code = main(["eval", str(CLIPS / "dataset-1_walk_tired_001.bvh"),
-                 str(CLIPS / "dataset-1_run_tired_001.bvh"), "--seconds", "5",
-                 "--json", str(report)])
+    code = main(
+        [
+            "eval",
+            str(CLIPS / "dataset-1_walk_tired_001.bvh"),
+            str(CLIPS / "dataset-1_run_tired_001.bvh"),
+            "--seconds",
+            "5",
+            "--json",
+            str(report),
+        ]
+    )
     assert code == 0
     rec = json.loads(report.read_text())["reconstruction"]
     assert rec["model_mm"] < 0.5 * rec["mean_pose_mm"]
@@ -60,16 +97,19 @@ def test_bad_seed_files_give_clear_errors(tmp_path, capsys):
     text = (CLIPS / "dataset-1_walk_normal_001.bvh").read_text().splitlines()
     truncated = tmp_path / "cut.bvh"
     truncated.write_text("\n".join(text[:40]))
-    code = main(["sample", "--out", str(tmp_path / "o.bvh"),
-                 "--seed-clip", str(truncated)])
+    code = main(
+        ["sample", "--out", str(tmp_path / "o.bvh"), "--seed-clip", str(truncated)]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "cut.bvh:40:" in err  # file and line
 
     not_bvh = tmp_path / "picture.bvh"
     not_bvh.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    assert main(["sample", "--out", str(tmp_path / "o.bvh"),
-                 "--seed-clip", str(not_bvh)]) == 2
+    assert (
+        main(["sample", "--out", str(tmp_path / "o.bvh"), "--seed-clip", str(not_bvh)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "picture.bvh" in err
     assert not (tmp_path / "o.bvh").exists()
@@ -91,9 +131,23 @@ def test_listen_records_what_it_receives(tmp_path, capsys):
     model = MotionModel.load()
     out = tmp_path / "take.bvh"
     with Server(model) as server:
-        code = main(["listen", "--control", server.control_endpoint, "--fps", "50",
-                     "--seconds", "1", "--record", str(out), "--source",
-                     "clip:dataset-1_walk_normal_001", "--seed", "3"])
+        code = main(
+            [
+                "listen",
+                "--control",
+                server.control_endpoint,
+                "--fps",
+                "50",
+                "--seconds",
+                "1",
+                "--record",
+                str(out),
+                "--source",
+                "clip:dataset-1_walk_normal_001",
+                "--seed",
+                "3",
+            ]
+        )
     assert code == 0
     take = read_bvh(out)
     assert take.frame_time == pytest.approx(1 / 50, rel=1e-12)
@@ -104,3 +158,24 @@ def test_listen_records_what_it_receives(tmp_path, capsys):
     got = take.world_positions() * model.spec.units_to_m
     assert abs(got - expect).max() < 1e-4
     assert "frames" in capsys.readouterr().out
+
+
+def test_listen_keeps_the_take_when_the_server_stops(tmp_path, capsys):
+    import threading
+
+    from bridge.server import Server
+
+    server = Server(MotionModel.load())
+    server.start()
+    stopper = threading.Timer(1.5, server.stop)
+    stopper.start()
+    out = tmp_path / "cut.bvh"
+    try:
+        code = main(["listen", "--control", server.control_endpoint, "--fps", "40",
+                     "--seconds", "20", "--record", str(out)])
+    finally:
+        stopper.join()
+        server.stop()
+    assert code == 0
+    assert "stream ended" in capsys.readouterr().out
+    assert read_bvh(out).num_frames >= 20

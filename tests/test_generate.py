@@ -38,8 +38,9 @@ def test_rates_agree_where_times_coincide(model, source):
         stream = model.open(source, seed=5)
         times = np.arange(round(seconds * fps) + 1) / fps
         # As a live stream asks: one frame at a time.
-        poses[fps] = np.concatenate([stream.channels_at(t, continuous=False)
-                                     for t in times])
+        poses[fps] = np.concatenate(
+            [stream.channels_at(t, continuous=False) for t in times]
+        )
     np.testing.assert_array_equal(poses[24][::2], poses[60][::5])
     np.testing.assert_array_equal(poses[60][::5], poses[144][::12])
     assert np.abs(np.diff(poses[144], axis=0)).max() > 0  # it moves

@@ -15,16 +15,26 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 @pytest.fixture(scope="module")
 def clips():
-    return [read_bvh(ASSETS / "clips" / "dataset-1_walk_normal_001.bvh"),
-            read_bvh(ASSETS / "clips" / "dataset-1_bow_normal_001.bvh")]
+    return [
+        read_bvh(ASSETS / "clips" / "dataset-1_walk_normal_001.bvh"),
+        read_bvh(ASSETS / "clips" / "dataset-1_bow_normal_001.bvh"),
+    ]
 
 
 def tiny_trainer(clips, steps=6, seed=1) -> Trainer:
-    cfg = TrainConfig(obs_frames=6, pred_frames=6, batch_size=4, steps=steps,
-                      checkpoint_every=3, seed=seed, licence="CC BY-NC 4.0 (test)")
+    cfg = TrainConfig(
+        obs_frames=6,
+        pred_frames=6,
+        batch_size=4,
+        steps=steps,
+        checkpoint_every=3,
+        seed=seed,
+        licence="CC BY-NC 4.0 (test)",
+    )
     trainer = Trainer(clips, cfg, device="cpu")
-    small = ModelConfig(feature_dim=trainer.spec.dim, latent_dim=8, hidden=16,
-                        ode_hidden=16)
+    small = ModelConfig(
+        feature_dim=trainer.spec.dim, latent_dim=8, hidden=16, ode_hidden=16
+    )
     return Trainer(clips, cfg, small, device="cpu", spec=trainer.spec)
 
 
@@ -41,8 +51,9 @@ def test_same_seed_same_run(clips, tmp_path):
         assert torch.equal(v, weights(b)[k]), k
     c = tiny_trainer(clips, seed=2)
     c.train(tmp_path / "c.safetensors")
-    assert not torch.equal(weights(c)["decoder.0.weight"],
-                           weights(a)["decoder.0.weight"])
+    assert not torch.equal(
+        weights(c)["decoder.0.weight"], weights(a)["decoder.0.weight"]
+    )
 
 
 def test_resume_matches_uninterrupted_run(clips, tmp_path):
@@ -118,8 +129,9 @@ def test_endless_divergence_stops_and_keeps_checkpoint(clips, tmp_path):
 
 def test_solver_lands_on_every_requested_time():
     torch.manual_seed(0)
-    net = LatentODEVAE(ModelConfig(feature_dim=12, latent_dim=6, hidden=8,
-                                   ode_hidden=8)).double()
+    net = LatentODEVAE(
+        ModelConfig(feature_dim=12, latent_dim=6, hidden=8, ode_hidden=8)
+    ).double()
     with torch.no_grad():
         net.dynamics.log_omega -= 2.0  # slower oscillators: RK4 error far below 1e-5
     z0 = torch.randn(2, 6, dtype=torch.float64)
@@ -132,15 +144,18 @@ def test_solver_lands_on_every_requested_time():
             # Interpolating between grid points instead would be off by ~1e-3.
             torch.testing.assert_close(path[b], fine, rtol=0, atol=1e-5)
         backward = net.solve(z0, -times)
-        again = odeint_grid(net.dynamics, z0[0], torch.cat(
-            [torch.zeros(1, dtype=torch.float64), -times[0]]), 3000.0)[1:]
+        again = odeint_grid(
+            net.dynamics,
+            z0[0],
+            torch.cat([torch.zeros(1, dtype=torch.float64), -times[0]]),
+            3000.0,
+        )[1:]
         torch.testing.assert_close(backward[0], again, rtol=0, atol=1e-5)
 
 
 def test_encoder_ignores_frames_it_did_not_observe():
     torch.manual_seed(0)
-    net = LatentODEVAE(ModelConfig(feature_dim=5, latent_dim=4, hidden=8,
-                                   ode_hidden=8))
+    net = LatentODEVAE(ModelConfig(feature_dim=5, latent_dim=4, hidden=8, ode_hidden=8))
     obs = torch.randn(1, 6, 5)
     times = torch.tensor([[-0.5, -0.4, -0.25, -0.2, -0.1, 0.0]], dtype=torch.float64)
     mask = torch.tensor([[True, False, True, False, True, True]])

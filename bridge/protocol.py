@@ -56,6 +56,8 @@ TOPIC_SIZE = 9  # eight lowercase hex digits of the stream id, then "|"
 MAX_REQUEST_BYTES = 65536  # larger control messages are cut off by ZeroMQ itself
 MAX_FPS = 1000.0
 MAX_PULL_TIMES = 256  # poses per pull request; about 0.5 s of model time on a CPU
+MAX_START = 60.0  # seconds: a stream's start time, solved from 0 before frame 0
+MAX_PULL_AHEAD = 30.0  # seconds a pull may reach past the stream's latest time
 MAX_ID_CHARS = 64
 MAX_SOURCE_CHARS = 256
 MAX_SEED = 2**63 - 1
@@ -152,9 +154,10 @@ def _fps(value: Any) -> float:
 
 
 def _start(value: Any) -> float:
-    start = _finite("start", value, "a time >= 0 in seconds")
-    if start < 0:
-        raise _bad("start", "a time >= 0 in seconds", value)
+    expected = f"a time from 0 to {MAX_START:g} seconds"
+    start = _finite("start", value, expected)
+    if not 0 <= start <= MAX_START:
+        raise _bad("start", expected, value)
     return start
 
 

@@ -92,6 +92,7 @@ class _Stream:
     info: bytes  # JSON payload of the stream's skeleton messages
     last_seen: float
     clock0: float | None = None  # server clock at which frame 0 fell due
+    frontier: float = 0.0  # latest time a pull has asked for, seconds
     next_seq: int = 0
     late: bool = False
     end: str | None = None
@@ -438,6 +439,17 @@ class Server:
         # a second on a CPU) holds back every other client's replies meanwhile; a
         # worker thread per pull stream would remove the wait.
         times = np.asarray(times, dtype=np.float64)  # (T,)
+        # Poses are solved forward from 0: a far jump would hold the control thread
+        # for minutes, so a pull may reach only so far past what was asked before.
+        reach = target.frontier + proto.MAX_PULL_AHEAD
+        if times.max() > reach:
+            raise ProtocolError(
+                "bad_request",
+                f"times: {times.max():g} s is more than {proto.MAX_PULL_AHEAD:g} s "
+                f"past this stream's latest time ({target.frontier:g} s); "
+                "step forward in smaller jumps",
+            )
+        target.frontier = max(target.frontier, float(times.max()))
         rows = target.poses.channels_at(times, continuous=continuous)  # (T, C)
         values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C)
         fields = {

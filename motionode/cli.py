@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -45,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(args.resume, clips, args.device, steps=args.steps)
     else:
         config = TrainConfig(
-            steps=args.steps, batch_size=args.batch, seed=args.seed, lr=args.lr,
+            steps=args.steps or 4000, batch_size=args.batch, seed=args.seed, lr=args.lr,
             units_to_m=args.units, licence=args.licence,
             checkpoint_every=args.checkpoint_every,
         )
@@ -138,6 +139,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not paths:
         raise SystemExit("eval: no clips given and the model names no held-out "
                          "clips that can be found")
+    if not (math.isfinite(args.seconds) and args.seconds >= 1):
+        raise ValueError(f"--seconds: expected at least 1 second, got {args.seconds}")
     clips = [read_bvh(p) for p in paths]
     rec = reconstruction_error(model, clips)
     pred = prediction_error(model, clips)
@@ -258,6 +261,8 @@ class _Stats:
 def _cmd_listen(args: argparse.Namespace) -> int:
     from bridge.client import Client
 
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ValueError(f"--seconds: expected a positive number, got {args.seconds}")
     client = Client(args.control, args.stream_endpoint, timeout=args.timeout)
     try:
         offset = client.clock_offset()
@@ -410,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "it as <name>.ckpt.safetensors")
     t.add_argument("--holdout", nargs="*", default=[],
                    help="file-name globs left out for evaluation, e.g. '*_tired_*'")
-    t.add_argument("--steps", type=int, default=4000)
+    t.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps in all; none: 4000, or the resumed run's")
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)

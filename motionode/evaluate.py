@@ -32,6 +32,7 @@ def reconstruction_error(model: MotionModel, clips: list[Clip]) -> dict:
     frames = 0
     per_clip = {}
     for clip in clips:
+        model.check_rig(clip)
         x, t = model.windows(clip)
         if len(x) == 0:
             logger.warning("%s: shorter than one window, skipped", clip.source)

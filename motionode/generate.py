@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["MotionModel", "PoseStream", "assets_dir", "default_model_path"]
 
 
+MAX_CLIP_FRAMES = 10_000_000  # frames in one exported clip (about 10 GB of channels)
+
+
 def assets_dir() -> Path:
     """The bundled assets: ``$MOTIONODE_ASSETS`` or the repository's ``assets/``."""
     env = os.environ.get("MOTIONODE_ASSETS")
@@ -134,12 +137,16 @@ class MotionModel:
                 logger.info("bundled clip %s skipped: %s", p, exc)
         return model
 
-    def add_seed(self, name: str, clip: Clip) -> None:
-        """Make ``clip`` usable as the source ``clip:<name>``; it must be this rig."""
+    def check_rig(self, clip: Clip) -> None:
+        """Raise ValueError, naming the clip, unless it is this model's rig."""
         sk = self.skeleton
         if (clip.skeleton.names != sk.names or clip.skeleton.channels != sk.channels):
             raise ValueError(f"{clip.source}: clip's rig differs from the model's "
                              f"({clip.skeleton.num_joints} joints vs {sk.num_joints})")
+
+    def add_seed(self, name: str, clip: Clip) -> None:
+        """Make ``clip`` usable as the source ``clip:<name>``; it must be this rig."""
+        self.check_rig(clip)
         if clip.num_frames < 2:
             raise ValueError(f"{clip.source}: a seed clip needs at least two frames")
         self.seeds[name] = clip
@@ -440,6 +447,9 @@ class PoseStream:
         if not (duration >= 0 and math.isfinite(duration)):
             raise ValueError(f"duration: must be >= 0 seconds, got {duration}")
         n = math.floor(duration * fps + 1e-9) + 1
+        if n > MAX_CLIP_FRAMES:
+            raise ValueError(f"duration x fps: {duration:g} s at {fps:g} fps is {n} "
+                             f"frames; at most {MAX_CLIP_FRAMES} fit in one clip")
         times = np.arange(n, dtype=np.float64) / fps
         return Clip(self.skeleton, self.channels_at(times), 1.0 / fps,
                     f"motionode:{self.source}:seed{self.seed}")

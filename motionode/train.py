@@ -48,6 +48,17 @@ class TrainConfig:
     licence: str = "unknown"  # licence of the training clips, kept in the model
     max_recoveries: int = 5  # non-finite steps in a row before giving up
 
+    def __post_init__(self) -> None:
+        for name in ("obs_frames", "pred_frames", "batch_size", "steps",
+                     "checkpoint_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}: expected a whole number >= 1, got {value!r}")
+        for name in ("train_fps", "lr", "units_to_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -66,7 +77,11 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} asked for, but CUDA is not available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got "
+                         f"{name!r}") from exc
 
 
 def find_clips(inputs: list[str], exclude: list[str] = ()) -> list[Path]:
@@ -108,6 +123,13 @@ class Trainer:
         self.config = config
         self.device = pick_device(device)
         self.clips = [stride_clip(c, config.train_fps) for c in clips]
+        if spec is not None:
+            rig = spec.skel()
+            for c in self.clips:
+                if c.skeleton.names != rig.names or c.skeleton.channels != rig.channels:
+                    raise ValueError(f"{c.source}: clip's rig differs from the "
+                                     f"checkpoint's ({c.skeleton.num_joints} joints "
+                                     f"vs {rig.num_joints})")
         self.spec = spec or feat.build_spec(self.clips, config.units_to_m)
         self.model_config = model_config or ModelConfig(feature_dim=self.spec.dim)
         if self.model_config.feature_dim != self.spec.dim:

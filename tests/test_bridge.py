@@ -361,6 +361,18 @@ def test_subscription_made_before_open_starts_the_stream(server, client, zctx):
     assert [m.seq for m in decoded[1:]] == [0, 1, 2]
 
 
+def test_far_jumps_are_refused_and_steps_allowed(client):
+    with pytest.raises(ProtocolError, match="start"):
+        client.request("open", source="prior", fps=30.0, start=61.0, mode="push")
+    pid = client.open_pull()
+    with pytest.raises(ProtocolError, match="past this stream's latest time"):
+        client.pull(pid, [1e9])
+    with pytest.raises(ProtocolError, match="past this stream's latest time"):
+        client.pull(pid, [30.5])
+    for t in (25.0, 50.0, 75.0):  # stepping forward reaches any time
+        assert client.pull(pid, [t]).shape == (1, 9)
+
+
 def test_three_rates_at_once_agree_exactly(client):
     streams = {fps: client.open_stream(fps=fps, seed=3) for fps in (24, 60, 144)}
     frames = {fps: collect(s, round(0.5 * fps) + 1) for fps, s in streams.items()}

@@ -179,3 +179,22 @@ def test_listen_keeps_the_take_when_the_server_stops(tmp_path, capsys):
     assert code == 0
     assert "stream ended" in capsys.readouterr().out
     assert read_bvh(out).num_frames >= 20
+
+
+def test_impossible_requests_exit_2_with_the_reason(tmp_path, capsys):
+    other = tmp_path / "other_rig.bvh"
+    text = (CLIPS / "dataset-1_walk_tired_001.bvh").read_text()
+    other.write_text(text.replace("Hips", "Pelvis"))
+    cases = [
+        (["eval", str(other)], "rig differs"),
+        (["sample", "--out", str(tmp_path / "x.bvh"), "--fps", "1e9"], "frames"),
+        (["train", str(CLIPS), "--out", str(tmp_path / "m.safetensors"),
+          "--batch", "0"], "batch_size"),
+        (["train", str(CLIPS), "--out", str(tmp_path / "m.safetensors"),
+          "--device", "tpu"], "device"),
+    ]
+    for argv, reason in cases:
+        assert main(argv) == 2, argv
+        assert reason in capsys.readouterr().err, argv
+    assert not (tmp_path / "x.bvh").exists()
+    assert not (tmp_path / "m.safetensors").exists()

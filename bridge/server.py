@@ -502,8 +502,10 @@ class Server:
             if stream.end is not None:
                 self._finish(xpub, stream)
                 continue
-            if stream.clock0 is None and stream.mode == "push" and any(
-                proto.topic(stream.id).startswith(p) for p in +self._prefixes
+            if (
+                stream.clock0 is None
+                and stream.mode == "push"
+                and any(proto.topic(stream.id).startswith(p) for p in +self._prefixes)
             ):
                 # Subscribed before it was opened (an empty or prefix subscription).
                 self._send_skeleton(xpub, stream)

@@ -221,7 +221,8 @@ class Clip:
         return channels_to_local(self.skeleton, self.motion)
 
     def world_positions(self, include_end_sites: bool = False) -> np.ndarray:
-        """(F, J, 3) float64 world joint positions, plus (F, E, 3) end sites if asked."""
+        """(F, J, 3) float64 world joint positions, plus (F, E, 3) end sites if
+        asked."""
         from motionode.kinematics import forward_kinematics
 
         local_rot, local_pos = self.local_transforms()
@@ -240,7 +241,8 @@ class Clip:
 def channels_to_local(
     skeleton: Skeleton, motion: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Channel rows (F, C) to local rotations (F, J, 3, 3) and translations (F, J, 3)."""
+    """Channel rows (F, C) to local rotations (F, J, 3, 3) and translations
+    (F, J, 3)."""
     motion = np.asarray(motion, dtype=np.float64)
     num_frames, num_joints = motion.shape[0], skeleton.num_joints
     local_pos = np.broadcast_to(skeleton.offsets, (num_frames, num_joints, 3)).copy()
@@ -528,7 +530,8 @@ def _channels(toks: list[str], path: str, line: int) -> tuple[str, ...]:
 
 
 def _header_value(lines: list[str], idx: int, label: str, path: str) -> tuple[str, int]:
-    """Find the next non-blank line at or after ``idx``; it must start with ``label``."""
+    """Find the next non-blank line at or after ``idx``; it must start with
+    ``label``."""
     while idx < len(lines) and not lines[idx].strip():
         idx += 1
     if idx >= len(lines):
@@ -600,7 +603,8 @@ def _parse_motion(
 
 
 def _fast_floats(block: str) -> np.ndarray | None:
-    """All numbers in ``block`` via numpy's C parser, or None if any token is not one."""
+    """All numbers in ``block`` via numpy's C parser, or None if any token is
+    not one."""
     if not block:
         return np.zeros(0)
     with warnings.catch_warnings():

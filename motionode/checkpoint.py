@@ -25,11 +25,13 @@ FORMAT = "motionode-checkpoint/1"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+    """A checkpoint that cannot be loaded; the message names the file and the
+    problem."""
 
 
-def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                    metadata: dict) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict
+) -> None:
     """Write ``tensors`` and JSON-able ``metadata`` atomically to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,10 +57,13 @@ def _header(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc})"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: expected format {FORMAT!r}, got "
-                              f"{meta.get('format')!r}")
+        raise CheckpointError(
+            f"{path}: expected format {FORMAT!r}, got {meta.get('format')!r}"
+        )
     try:
         return json.loads(meta["metadata"])
     except (KeyError, json.JSONDecodeError) as exc:
@@ -73,8 +78,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _header(path)
 
 
-def load_checkpoint(path: str | os.PathLike,
-                    device: str | torch.device = "cpu") -> tuple[dict, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict, dict]:
     """Tensors and metadata of a checkpoint.
 
     Raises:

@@ -46,20 +46,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(args.resume, clips, args.device, steps=args.steps)
     else:
         config = TrainConfig(
-            steps=args.steps or 4000, batch_size=args.batch, seed=args.seed, lr=args.lr,
-            units_to_m=args.units, licence=args.licence,
+            steps=args.steps or 4000,
+            batch_size=args.batch,
+            seed=args.seed,
+            lr=args.lr,
+            units_to_m=args.units,
+            licence=args.licence,
             checkpoint_every=args.checkpoint_every,
         )
         trainer = Trainer(clips, config, device=args.device)
     print(f"device {trainer.device}, {trainer.spec.dim} features per frame")
-    bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=trainer.config.steps,
+        initial=trainer.step,
+        unit="step",
+        dynamic_ncols=True,
+    )
 
     def progress(step: int, terms: dict) -> None:
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{terms['total']:.3f}",
-                            pos_mm=f"{1000 * terms['pos_m']:.0f}")
+            bar.set_postfix(
+                loss=f"{terms['total']:.3f}", pos_mm=f"{1000 * terms['pos_m']:.0f}"
+            )
 
     held_names = [p.name for p in held]
     trainer.extra_metadata = {"holdout": held_names}
@@ -67,8 +76,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     last = trainer.train(ckpt, progress=progress, clip_names=[p.name for p in paths])
     bar.close()
     windows = finalize_model(ckpt, clips, out, held_names)
-    print(f"done: step {trainer.step}, loss {last.get('total', float('nan')):.4f}; "
-          f"latent prior fitted on {windows} windows")
+    print(
+        f"done: step {trainer.step}, loss {last.get('total', float('nan')):.4f}; "
+        f"latent prior fitted on {windows} windows"
+    )
     print(f"model written to {out} (training checkpoint for --resume: {ckpt})")
     return 0
 
@@ -77,8 +88,7 @@ def _training_checkpoint(out: Path) -> Path:
     return out.with_name(out.stem + ".ckpt" + out.suffix)
 
 
-def finalize_model(checkpoint: Path, clips: list, out: Path,
-                   holdout: list[str]) -> int:
+def finalize_model(checkpoint: Path, clips: list, out: Path, holdout: list[str]) -> int:
     """Write the shippable model: weights without optimiser state, plus the latent
     prior fitted on the training clips. Returns the number of windows fitted."""
     from motionode.evaluate import clip_speeds
@@ -89,10 +99,18 @@ def finalize_model(checkpoint: Path, clips: list, out: Path,
     # Generated streams are checked against how fast the training motion moves.
     speeds = clip_speeds(model, clips)
     percentiles = [0, 1, 5, 25, 50, 75, 95, 99, 100]
-    speed = {f"p{q}": float(v) for q, v in zip(percentiles,
-                                                np.percentile(speeds, percentiles))}
-    model.save(out, extra={"holdout": holdout, "prior_windows": windows,
-                           "train_speed_m_per_s": speed})
+    speed = {
+        f"p{q}": float(v)
+        for q, v in zip(percentiles, np.percentile(speeds, percentiles))
+    }
+    model.save(
+        out,
+        extra={
+            "holdout": holdout,
+            "prior_windows": windows,
+            "train_speed_m_per_s": speed,
+        },
+    )
     return windows
 
 
@@ -113,8 +131,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     stream = model.open(args.source, seed=args.seed)
     clip = stream.clip(args.duration, args.fps)
     write_bvh(args.out, clip, rotation_order=args.rotation_order)
-    print(f"wrote {args.out}: {clip.num_frames} frames at {args.fps:g} fps "
-          f"({args.duration:g} s) from {args.source}, seed {args.seed}")
+    print(
+        f"wrote {args.out}: {clip.num_frames} frames at {args.fps:g} fps "
+        f"({args.duration:g} s) from {args.source}, seed {args.seed}"
+    )
     return 0
 
 
@@ -137,8 +157,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         paths = _holdout_paths(model)
     if not paths:
-        raise SystemExit("eval: no clips given and the model names no held-out "
-                         "clips that can be found")
+        raise SystemExit(
+            "eval: no clips given and the model names no held-out "
+            "clips that can be found"
+        )
     if not (math.isfinite(args.seconds) and args.seconds >= 1):
         raise ValueError(f"--seconds: expected at least 1 second, got {args.seconds}")
     clips = [read_bvh(p) for p in paths]
@@ -160,24 +182,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print("reconstruction MPJPE (mm, heading frame):")
     print(f"  model      {rec['model_mm']:8.1f}")
     print(f"  mean pose  {rec['mean_pose_mm']:8.1f}")
-    print(f"prediction MPJPE (mm) after the last observed frame "
-          f"({pred['windows']} windows):")
+    print(
+        f"prediction MPJPE (mm) after the last observed frame "
+        f"({pred['windows']} windows):"
+    )
     print("  horizon (ms)   " + "".join(f"{h:8d}" for h in pred["horizons_ms"]))
-    for name, key in (("model", "model_mm"), ("zero velocity", "zero_velocity_mm"),
-                      ("const velocity", "constant_velocity_mm")):
+    for name, key in (
+        ("model", "model_mm"),
+        ("zero velocity", "zero_velocity_mm"),
+        ("const velocity", "constant_velocity_mm"),
+    ):
         print(f"  {name:15s}" + "".join(f"{v:8.1f}" for v in pred[key]))
     print("mean joint speed per second (m/s):")
     for name, s in result["speed_m_per_s"].items():
         if isinstance(s, dict):
-            print(f"  {name:16s} min {s['min']:.3f}  median {s['median']:.3f}  "
-                  f"max {s['max']:.3f}")
+            print(
+                f"  {name:16s} min {s['min']:.3f}  median {s['median']:.3f}  "
+                f"max {s['max']:.3f}"
+            )
     train = model.metadata.get("train_speed_m_per_s")
     if train:
-        print(f"  training data    1st percentile {train['p1']:.3f}  median "
-              f"{train['p50']:.3f}  fastest second {train['p100']:.3f}")
+        print(
+            f"  training data    1st percentile {train['p1']:.3f}  median "
+            f"{train['p50']:.3f}  fastest second {train['p100']:.3f}"
+        )
     print(f"generated prior stream, each of {len(gen_speed)} seconds (m/s):")
     for i in range(0, len(gen_speed), 10):
-        print("  " + " ".join(f"{v:.2f}" for v in gen_speed[i:i + 10]))
+        print("  " + " ".join(f"{v:.2f}" for v in gen_speed[i : i + 10]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
@@ -187,8 +218,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _summary(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {"min": float("nan"), "median": float("nan"), "max": float("nan")}
-    return {"min": float(values.min()), "median": float(np.median(values)),
-            "max": float(values.max())}
+    return {
+        "min": float(values.min()),
+        "median": float(np.median(values)),
+        "max": float(values.max()),
+    }
 
 
 def _holdout_paths(model) -> list[Path]:
@@ -196,8 +230,10 @@ def _holdout_paths(model) -> list[Path]:
     from motionode.generate import assets_dir
 
     names = model.metadata.get("holdout", [])
-    roots = [assets_dir() / "clips",
-             Path(__file__).resolve().parents[2] / "shared" / "data" / "bvh"]
+    roots = [
+        assets_dir() / "clips",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "bvh",
+    ]
     found = []
     for name in names:
         for root in roots:
@@ -215,8 +251,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from bridge.server import Server
 
     model = _load_model(args)
-    server = Server(model, control=args.control, stream=args.stream,
-                    lease=args.lease, allow_remote=args.allow_remote)
+    server = Server(
+        model,
+        control=args.control,
+        stream=args.stream,
+        lease=args.lease,
+        allow_remote=args.allow_remote,
+    )
     server.start()
     print(f"serving {args.model or 'the bundled model'}")
     print(f"  control {server.control_endpoint}")
@@ -268,8 +309,10 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         offset = client.clock_offset()
         stream = client.open_stream(args.source, fps=args.fps, seed=args.seed)
         sk = stream.skeleton
-        print(f"stream {stream.id}: {args.source} at {args.fps:g} fps, "
-              f"{len(sk['names'])} joints, {sk['num_channels']} channels")
+        print(
+            f"stream {stream.id}: {args.source} at {args.fps:g} fps, "
+            f"{len(sk['names'])} joints, {sk['num_channels']} channels"
+        )
         stats, rows = _Stats(args.fps), []
         try:
             _receive(stream, args, stats, rows, offset)
@@ -286,8 +329,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _receive(stream, args: argparse.Namespace, stats: _Stats, rows: list,
-             offset: float) -> None:
+def _receive(
+    stream, args: argparse.Namespace, stats: _Stats, rows: list, offset: float
+) -> None:
     """Read frames for ``args.seconds``, printing figures once a second."""
     from bridge.client import StreamEnded
 
@@ -309,8 +353,10 @@ def _receive(stream, args: argparse.Namespace, stats: _Stats, rows: list,
 
 def _stats_line(stats: _Stats, gaps: int, t: float) -> str:
     lat = 1000 * float(np.median(stats.latency)) if stats.latency else float("nan")
-    return (f"t={t:8.3f} s  frames {stats.frames:6d}  gaps {gaps}  "
-            f"off-grid times {stats.bad_times}  median latency {lat:.2f} ms")
+    return (
+        f"t={t:8.3f} s  frames {stats.frames:6d}  gaps {gaps}  "
+        f"off-grid times {stats.bad_times}  median latency {lat:.2f} ms"
+    )
 
 
 def _record(path: str, skeleton: dict, rows: list, fps: float) -> None:
@@ -330,16 +376,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = _load_model(args)
     rates = args.fps
     with _running(Server(model)) as server:
-        print(f"server on {server.control_endpoint} (control), "
-              f"{server.stream_endpoint} (stream)")
+        print(
+            f"server on {server.control_endpoint} (control), "
+            f"{server.stream_endpoint} (stream)"
+        )
         client = Client(server.control_endpoint)
         try:
             hello = client.hello()
             print(f"model: {hello.get('model', {}).get('licence', '?')}")
-            streams = [client.open_stream(args.source, fps=f, seed=args.seed)
-                       for f in rates]
-            print(f"{len(streams)} streams of {args.source} (seed {args.seed}) at "
-                  f"{', '.join(f'{f:g}' for f in rates)} fps, {args.seconds:g} s")
+            streams = [
+                client.open_stream(args.source, fps=f, seed=args.seed) for f in rates
+            ]
+            print(
+                f"{len(streams)} streams of {args.source} (seed {args.seed}) at "
+                f"{', '.join(f'{f:g}' for f in rates)} fps, {args.seconds:g} s"
+            )
             got = _read_streams(streams, args.seconds)
         finally:
             client.close()
@@ -380,19 +431,24 @@ def _report_demo(rates: list[float], streams: list, got: list[dict]) -> None:
         seqs = sorted(frames)
         consecutive = seqs == list(range(seqs[0], seqs[-1] + 1)) if seqs else False
         exact = all(frames[s].t == s / fps for s in seqs)
-        print(f"  {fps:7g} fps: {len(seqs):5d} frames, seq {seqs[0] if seqs else '-'}"
-              f"..{seqs[-1] if seqs else '-'}, consecutive: {consecutive}, "
-              f"t == seq/fps: {exact}, gaps: {stream.gaps}")
+        print(
+            f"  {fps:7g} fps: {len(seqs):5d} frames, seq {seqs[0] if seqs else '-'}"
+            f"..{seqs[-1] if seqs else '-'}, consecutive: {consecutive}, "
+            f"t == seq/fps: {exact}, gaps: {stream.gaps}"
+        )
     # Where time stamps coincide, every rate must carry the same pose.
     by_time: dict[float, list] = {}
     for frames in got:
         for f in frames.values():
             by_time.setdefault(f.t, []).append(f.channels)
     shared = [v for v in by_time.values() if len(v) > 1]
-    worst = max((float(np.abs(a - b).max()) for v in shared for a in v for b in v),
-                default=0.0)
-    print(f"  {len(shared)} time stamps shared between rates; largest channel "
-          f"difference there: {worst:g}")
+    worst = max(
+        (float(np.abs(a - b).max()) for v in shared for a in v for b in v), default=0.0
+    )
+    print(
+        f"  {len(shared)} time stamps shared between rates; largest channel "
+        f"difference there: {worst:g}"
+    )
 
 
 # ---------------------------------------------------------------------------- main
@@ -404,26 +460,47 @@ _FMT = argparse.ArgumentDefaultsHelpFormatter
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="motionode",
-        description="Continuous-time motion synthesis with a latent-ODE VAE.")
+        description="Continuous-time motion synthesis with a latent-ODE VAE.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", formatter_class=_FMT, help="train a model on BVH clips of one rig")
+    t = sub.add_parser(
+        "train", formatter_class=_FMT, help="train a model on BVH clips of one rig"
+    )
     t.add_argument("clips", nargs="+", help="BVH files or folders")
-    t.add_argument("--out", required=True,
-                   help="model file (.safetensors); training checkpoints go beside "
-                   "it as <name>.ckpt.safetensors")
-    t.add_argument("--holdout", nargs="*", default=[],
-                   help="file-name globs left out for evaluation, e.g. '*_tired_*'")
-    t.add_argument("--steps", type=int, default=None,
-                   help="optimiser steps in all; none: 4000, or the resumed run's")
+    t.add_argument(
+        "--out",
+        required=True,
+        help="model file (.safetensors); training checkpoints go beside "
+        "it as <name>.ckpt.safetensors",
+    )
+    t.add_argument(
+        "--holdout",
+        nargs="*",
+        default=[],
+        help="file-name globs left out for evaluation, e.g. '*_tired_*'",
+    )
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps in all; none: 4000, or the resumed run's",
+    )
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--units", type=float, default=0.01,
-                   help="metres per rig length unit (0.01 for centimetres)")
-    t.add_argument("--licence", default="unknown",
-                   help="licence of the training clips, stored in the model")
+    t.add_argument(
+        "--units",
+        type=float,
+        default=0.01,
+        help="metres per rig length unit (0.01 for centimetres)",
+    )
+    t.add_argument(
+        "--licence",
+        default="unknown",
+        help="licence of the training clips, stored in the model",
+    )
     t.add_argument("--checkpoint-every", type=int, default=250)
     t.add_argument("--resume", help="continue from this checkpoint")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -431,65 +508,121 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     def model_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--model", default=None,
-                       help="model checkpoint; none: the bundled model")
-        q.add_argument("--seed-clip", nargs="*", default=[],
-                       help="BVH clips usable as sources 'clip:<file stem>'")
+        q.add_argument(
+            "--model", default=None, help="model checkpoint; none: the bundled model"
+        )
+        q.add_argument(
+            "--seed-clip",
+            nargs="*",
+            default=[],
+            help="BVH clips usable as sources 'clip:<file stem>'",
+        )
 
-    s = sub.add_parser("sample", formatter_class=_FMT, help="write generated motion to a BVH file")
+    s = sub.add_parser(
+        "sample", formatter_class=_FMT, help="write generated motion to a BVH file"
+    )
     model_args(s)
     s.add_argument("--out", required=True, help="BVH file to write")
     s.add_argument("--source", default="prior", help="'prior' or 'clip:<name>'")
     s.add_argument("--seed", type=int, default=0, help="same seed, same motion")
     s.add_argument("--duration", type=float, default=10.0, help="seconds")
     s.add_argument("--fps", type=float, default=30.0, help="any positive rate")
-    s.add_argument("--rotation-order", default=None,
-                   help="write every joint in this Euler order (e.g. ZXY)")
+    s.add_argument(
+        "--rotation-order",
+        default=None,
+        help="write every joint in this Euler order (e.g. ZXY)",
+    )
     s.set_defaults(func=_cmd_sample)
 
-    e = sub.add_parser("eval", formatter_class=_FMT, help="measure a model on held-out clips")
+    e = sub.add_parser(
+        "eval", formatter_class=_FMT, help="measure a model on held-out clips"
+    )
     model_args(e)
-    e.add_argument("clips", nargs="*",
-                   help="BVH files or folders (default: the model's held-out clips)")
-    e.add_argument("--seconds", type=float, default=60.0,
-                   help="length of the generated stream whose speed is reported")
+    e.add_argument(
+        "clips",
+        nargs="*",
+        help="BVH files or folders (default: the model's held-out clips)",
+    )
+    e.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="length of the generated stream whose speed is reported",
+    )
     e.add_argument("--json", help="also write the figures to this JSON file")
     e.set_defaults(func=_cmd_eval)
 
-    v = sub.add_parser("serve", formatter_class=_FMT, help="stream the model over ZeroMQ")
+    v = sub.add_parser(
+        "serve", formatter_class=_FMT, help="stream the model over ZeroMQ"
+    )
     model_args(v)
-    v.add_argument("--control", default="tcp://127.0.0.1:5555",
-                   help="request/reply endpoint")
-    v.add_argument("--stream", default="tcp://127.0.0.1:5556",
-                   help="publishing endpoint")
-    v.add_argument("--lease", type=float, default=30.0,
-                   help="seconds a silent client's streams are kept")
-    v.add_argument("--allow-remote", action="store_true",
-                   help="allow binding an address other than 127.0.0.1")
+    v.add_argument(
+        "--control", default="tcp://127.0.0.1:5555", help="request/reply endpoint"
+    )
+    v.add_argument(
+        "--stream", default="tcp://127.0.0.1:5556", help="publishing endpoint"
+    )
+    v.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds a silent client's streams are kept",
+    )
+    v.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding an address other than 127.0.0.1",
+    )
     v.set_defaults(func=_cmd_serve)
 
-    li = sub.add_parser("listen", formatter_class=_FMT, help="receive a stream, show stats, record BVH")
-    li.add_argument("--control", default="tcp://127.0.0.1:5555",
-                    help="the server's control endpoint")
-    li.add_argument("--stream-endpoint", default=None,
-                    help="publishing endpoint; none: asked from the server")
+    li = sub.add_parser(
+        "listen", formatter_class=_FMT, help="receive a stream, show stats, record BVH"
+    )
+    li.add_argument(
+        "--control",
+        default="tcp://127.0.0.1:5555",
+        help="the server's control endpoint",
+    )
+    li.add_argument(
+        "--stream-endpoint",
+        default=None,
+        help="publishing endpoint; none: asked from the server",
+    )
     li.add_argument("--source", default="prior", help="'prior' or 'clip:<name>'")
     li.add_argument("--seed", type=int, default=0, help="same seed, same motion")
     li.add_argument("--fps", type=float, default=60.0, help="any positive rate")
-    li.add_argument("--seconds", type=float, default=10.0,
-                    help="how long to listen (Ctrl-C ends sooner, keeping the take)")
-    li.add_argument("--timeout", type=float, default=2.0,
-                    help="seconds to wait for each server reply")
+    li.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="how long to listen (Ctrl-C ends sooner, keeping the take)",
+    )
+    li.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        help="seconds to wait for each server reply",
+    )
     li.add_argument("--record", help="write what was received to this BVH file")
     li.set_defaults(func=_cmd_listen)
 
-    d = sub.add_parser("demo", formatter_class=_FMT, help="serve the bundled model to a local client")
+    d = sub.add_parser(
+        "demo", formatter_class=_FMT, help="serve the bundled model to a local client"
+    )
     model_args(d)
-    d.add_argument("--source", default="clip:dataset-1_walk_normal_001",
-                   help="'prior' or 'clip:<name>'")
+    d.add_argument(
+        "--source",
+        default="clip:dataset-1_walk_normal_001",
+        help="'prior' or 'clip:<name>'",
+    )
     d.add_argument("--seed", type=int, default=0, help="same seed, same motion")
-    d.add_argument("--fps", type=float, nargs="+", default=[24.0, 60.0, 144.0],
-                   help="one stream per rate, all read by one client")
+    d.add_argument(
+        "--fps",
+        type=float,
+        nargs="+",
+        default=[24.0, 60.0, 144.0],
+        help="one stream per rate, all read by one client",
+    )
     d.add_argument("--seconds", type=float, default=5.0, help="how long to read")
     d.set_defaults(func=_cmd_demo)
 
@@ -500,8 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -44,17 +44,22 @@ def reconstruction_error(model: MotionModel, clips: list[Clip]) -> dict:
         err = (fk(recon) - truth).norm(dim=-1).mean(-1)  # (W, T)
         base = (fk(torch.zeros_like(x)) - truth).norm(dim=-1).mean(-1)
         n = err.numel()
-        per_clip[clip.source] = {"model_mm": 1000 * float(err.mean()),
-                                 "mean_pose_mm": 1000 * float(base.mean()),
-                                 "frames": n}
+        per_clip[clip.source] = {
+            "model_mm": 1000 * float(err.mean()),
+            "mean_pose_mm": 1000 * float(base.mean()),
+            "frames": n,
+        }
         total_model += float(err.sum())
         total_mean += float(base.sum())
         frames += n
     if frames == 0:
         raise ValueError("clips: none is long enough for one observation window")
-    return {"model_mm": 1000 * total_model / frames,
-            "mean_pose_mm": 1000 * total_mean / frames,
-            "frames": frames, "clips": per_clip}
+    return {
+        "model_mm": 1000 * total_model / frames,
+        "mean_pose_mm": 1000 * total_mean / frames,
+        "frames": frames,
+        "clips": per_clip,
+    }
 
 
 def _speeds(positions: np.ndarray, fps: float) -> np.ndarray:
@@ -77,8 +82,9 @@ def clip_speeds(model: MotionModel, clips: list[Clip]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def stream_speeds(model: MotionModel, source: str, seed: int, seconds: float,
-                  fps: float = 30.0) -> np.ndarray:
+def stream_speeds(
+    model: MotionModel, source: str, seed: int, seconds: float, fps: float = 30.0
+) -> np.ndarray:
     """Mean joint speed (m/s) per second of a generated stream, heading frame."""
     stream = model.open(source, seed)
     times = np.arange(round(seconds * fps) + 1) / fps
@@ -89,8 +95,11 @@ def stream_speeds(model: MotionModel, source: str, seed: int, seconds: float,
 
 
 @torch.no_grad()
-def prediction_error(model: MotionModel, clips: list[Clip],
-                     horizons: tuple[int, ...] = (2, 5, 10, 12, 30)) -> dict:
+def prediction_error(
+    model: MotionModel,
+    clips: list[Clip],
+    horizons: tuple[int, ...] = (2, 5, 10, 12, 30),
+) -> dict:
     """MPJPE (mm) of continuing each observation window ``h`` frames (at the
     training rate) past its last frame, beside two baselines: holding the last
     pose (zero velocity) and extrapolating joint positions at the last frame's
@@ -120,19 +129,28 @@ def prediction_error(model: MotionModel, clips: list[Clip],
         t_pred = torch.tensor(horizons, dtype=torch.float64) * period
         z = model.net.solve(mean, t_pred.expand(len(win), -1))  # (W, n, L)
         anchor = obs[:, -1] - model.net.decoder(mean)
-        pred = model.net.decoder(z) + model.net.fade(t_pred)[None, :, None] \
-            * anchor[:, None]  # (W, n, D)
+        pred = (
+            model.net.decoder(z)
+            + model.net.fade(t_pred)[None, :, None] * anchor[:, None]
+        )  # (W, n, D)
         truth = fk(future[:, [h - 1 for h in horizons]])  # (W, n, J, 3)
         last, before = fk(obs[:, -1]), fk(obs[:, -2])  # (W, J, 3)
         steps = torch.tensor(horizons, dtype=torch.float64)[None, :, None, None]
-        guesses = [fk(pred), last[:, None].expand_as(truth),
-                   last[:, None] + steps * (last - before)[:, None]]
+        guesses = [
+            fk(pred),
+            last[:, None].expand_as(truth),
+            last[:, None] + steps * (last - before)[:, None],
+        ]
         for k, g in enumerate(guesses):
             sums[k] += (g - truth).norm(dim=-1).mean(-1).sum(0).numpy()
         count += len(win)
     if count == 0:
         raise ValueError("clips: none is long enough for a window and its future")
     mm = 1000 * sums / count
-    return {"horizons_ms": [round(1000 * h * period) for h in horizons],
-            "model_mm": mm[0].tolist(), "zero_velocity_mm": mm[1].tolist(),
-            "constant_velocity_mm": mm[2].tolist(), "windows": count}
+    return {
+        "horizons_ms": [round(1000 * h * period) for h in horizons],
+        "model_mm": mm[0].tolist(),
+        "zero_velocity_mm": mm[1].tolist(),
+        "constant_velocity_mm": mm[2].tolist(),
+        "windows": count,
+    }

@@ -135,8 +135,11 @@ def _moving_root(skeleton: Skeleton, motions: list[np.ndarray]) -> int:
     starts = skeleton.channel_starts()
 
     def changes(j: int, positions_only: bool) -> bool:
-        cols = [starts[j] + k for k, c in enumerate(skeleton.channels[j])
-                if not positions_only or c in POSITION_CHANNELS]
+        cols = [
+            starts[j] + k
+            for k, c in enumerate(skeleton.channels[j])
+            if not positions_only or c in POSITION_CHANNELS
+        ]
         return any(np.ptp(m[:, cols], axis=0).max(initial=0.0) >= 1e-9 for m in motions)
 
     j = 0
@@ -166,14 +169,17 @@ def build_spec(clips: list[Clip], units_to_m: float) -> FeatureSpec:
     sk = clips[0].skeleton
     for c in clips[1:]:
         if c.skeleton.names != sk.names or c.skeleton.channels != sk.channels:
-            raise ValueError(f"clips: {c.source} has a different skeleton from "
-                             f"{clips[0].source}")
+            raise ValueError(
+                f"clips: {c.source} has a different skeleton from {clips[0].source}"
+            )
     motions = [c.motion for c in clips]
     root = _moving_root(sk, motions)
     above = set(_ancestors(sk, root))
     rot_joints = [
-        j for j in range(sk.num_joints)
-        if j != root and j not in above
+        j
+        for j in range(sk.num_joints)
+        if j != root
+        and j not in above
         and any(ch in ROTATION_CHANNELS for ch in sk.channels[j])
     ]
     const = np.median(np.concatenate(motions), axis=0)
@@ -183,14 +189,26 @@ def build_spec(clips: list[Clip], units_to_m: float) -> FeatureSpec:
     tilt = [np.abs(world_rot[:, UP, a]).mean() for a in range(3)]
     forward_axis = int(np.argmin(tilt))
 
-    spec = FeatureSpec(sk.to_dict(), root, rot_joints, const.tolist(), forward_axis,
-                       float(units_to_m), [], [])
+    spec = FeatureSpec(
+        sk.to_dict(),
+        root,
+        rot_joints,
+        const.tolist(),
+        forward_axis,
+        float(units_to_m),
+        [],
+        [],
+    )
     feats = np.concatenate([encode(spec, c).pose for c in clips])
     spec.mean = feats.mean(axis=0).tolist()
     # A floor on std keeps constant features (dummy joints) from blowing up.
     spec.std = np.maximum(feats.std(axis=0), 1e-3).tolist()
-    logger.info("feature spec: root %s, %d rotating joints, %d dims",
-                sk.names[root], len(rot_joints), spec.dim)
+    logger.info(
+        "feature spec: root %s, %d rotating joints, %d dims",
+        sk.names[root],
+        len(rot_joints),
+        spec.dim,
+    )
     return spec
 
 
@@ -222,10 +240,16 @@ def encode(spec: FeatureSpec, clip: Clip) -> FrameFeatures:
         vel_head, turn = np.zeros((1, 3)), np.zeros(1)
 
     joint6d = matrix_to_sixd(local_rot[:, spec.rot_joints]).reshape(num_frames, -1)
-    pose = np.concatenate([
-        root_pos[:, UP:UP + 1], vel_head[:, [0, 2]], turn[:, None],
-        matrix_to_sixd(rot_local), joint6d,
-    ], axis=1)  # (T, D)
+    pose = np.concatenate(
+        [
+            root_pos[:, UP : UP + 1],
+            vel_head[:, [0, 2]],
+            turn[:, None],
+            matrix_to_sixd(rot_local),
+            joint6d,
+        ],
+        axis=1,
+    )  # (T, D)
     return FrameFeatures(pose, root_pos[:, [0, 2]], heading, times)
 
 
@@ -241,8 +265,9 @@ def integrate_root(
     vel = np.zeros((len(times) - 1, 3))
     vel[:, [0, 2]] = pose[:-1, 1:3]
     step = np.einsum("tij,tj->ti", _yaw(heading[:-1]), vel) * dt[:, None]
-    xz = np.asarray(root_xz0) + np.concatenate([np.zeros((1, 2)),
-                                                np.cumsum(step[:, [0, 2]], axis=0)])
+    xz = np.asarray(root_xz0) + np.concatenate(
+        [np.zeros((1, 2)), np.cumsum(step[:, [0, 2]], axis=0)]
+    )
     return xz, heading
 
 
@@ -302,8 +327,9 @@ def decode(
     starts = sk.channel_starts()
     for j, chans in enumerate(sk.channels):
         for k, ch in enumerate(chans):
-            carried = j == spec.root or (j in spec.rot_joints and ch not in
-                                         POSITION_CHANNELS)
+            carried = j == spec.root or (
+                j in spec.rot_joints and ch not in POSITION_CHANNELS
+            )
             if not carried:
                 motion[:, starts[j] + k] = spec.const_channels[starts[j] + k]
     return motion

@@ -15,9 +15,10 @@ generated motion is encoded again and a new latent state starts from a posterior
 sample drawn from a generator seeded by (seed, segment index). The previous
 segment's latent keeps running for half a second beside it, and the pose cross-fades
 from the old motion to the new with a weight whose slope is zero at both ends, so
-pose and velocity are both continuous across boundaries. Segments are 2 s by default: each re-encoding loses a
-little energy, so 1 s segments let motion fade toward a still pose, while one
-uninterrupted solve drifts past anything seen in training within minutes.
+pose and velocity are both continuous across boundaries. Segments are 2 s by
+default: each re-encoding loses a little energy, so 1 s segments let motion fade
+toward a still pose, while one uninterrupted solve drifts past anything seen in
+training within minutes.
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ class _Segment:
 class MotionModel:
     """A trained model ready to generate: network in float64, rig, seed clips."""
 
-    def __init__(self, net: LatentODEVAE, spec: feat.FeatureSpec, metadata: dict,
-                 seeds: dict[str, Clip] | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        net: LatentODEVAE,
+        spec: feat.FeatureSpec,
+        metadata: dict,
+        seeds: dict[str, Clip] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device, torch.float64).eval()
         self.spec = spec
@@ -104,9 +110,12 @@ class MotionModel:
         self.prior_std = torch.ones(1, L, dtype=torch.float64, device=self.device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None,
-             seeds: list[str | os.PathLike] | None = None,
-             device: str | torch.device = "cpu") -> MotionModel:
+    def load(
+        cls,
+        path: str | os.PathLike | None = None,
+        seeds: list[str | os.PathLike] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> MotionModel:
         """Load a checkpoint (default: the bundled model).
 
         Args:
@@ -118,10 +127,12 @@ class MotionModel:
         if meta.get("kind") != "motionode-model":
             raise ValueError(f"{path}: not a motionode model checkpoint")
         net = LatentODEVAE(ModelConfig.from_dict(meta["model_config"]))
-        net.load_state_dict({k[6:]: v for k, v in tensors.items()
-                             if k.startswith("model.")})
-        model = cls(net, feat.FeatureSpec.from_dict(meta["feature_spec"]), meta,
-                    device=device)
+        net.load_state_dict(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        model = cls(
+            net, feat.FeatureSpec.from_dict(meta["feature_spec"]), meta, device=device
+        )
         if "prior.mean" in tensors:
             model.prior_mean = tensors["prior.mean"].to(model.device, torch.float64)
             model.prior_std = tensors["prior.std"].to(model.device, torch.float64)
@@ -140,9 +151,11 @@ class MotionModel:
     def check_rig(self, clip: Clip) -> None:
         """Raise ValueError, naming the clip, unless it is this model's rig."""
         sk = self.skeleton
-        if (clip.skeleton.names != sk.names or clip.skeleton.channels != sk.channels):
-            raise ValueError(f"{clip.source}: clip's rig differs from the model's "
-                             f"({clip.skeleton.num_joints} joints vs {sk.num_joints})")
+        if clip.skeleton.names != sk.names or clip.skeleton.channels != sk.channels:
+            raise ValueError(
+                f"{clip.source}: clip's rig differs from the model's "
+                f"({clip.skeleton.num_joints} joints vs {sk.num_joints})"
+            )
 
     def add_seed(self, name: str, clip: Clip) -> None:
         """Make ``clip`` usable as the source ``clip:<name>``; it must be this rig."""
@@ -155,8 +168,13 @@ class MotionModel:
         """Names :meth:`open` accepts: ``prior`` and ``clip:<name>`` per seed clip."""
         return ["prior"] + [f"clip:{n}" for n in sorted(self.seeds)]
 
-    def open(self, source: str = "prior", seed: int = 0, segment: float = 2.0,
-             temperature: float = 1.0) -> PoseStream:
+    def open(
+        self,
+        source: str = "prior",
+        seed: int = 0,
+        segment: float = 2.0,
+        temperature: float = 1.0,
+    ) -> PoseStream:
         """A new stream; ``seed`` fixes every random draw, so equal arguments give
         equal motion."""
         return PoseStream(self, source, seed, segment, temperature)
@@ -170,8 +188,9 @@ class MotionModel:
         save_checkpoint(path, tensors, meta)
 
     @torch.no_grad()
-    def fit_prior(self, clips: list[Clip], stride: int = 5,
-                  max_windows: int = 2048) -> int:
+    def fit_prior(
+        self, clips: list[Clip], stride: int = 5, max_windows: int = 2048
+    ) -> int:
         """Make the prior the mixture of the posteriors of ``clips``' windows (one
         window start every ``stride`` frames at the training rate; an evenly spaced
         subset when there are more than ``max_windows``).
@@ -195,8 +214,9 @@ class MotionModel:
         self.prior_mean, self.prior_std = mean[keep], std[keep]
         return len(keep)
 
-    def windows(self, clip: Clip, stride: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def windows(
+        self, clip: Clip, stride: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Observation windows of a clip at the training rate: normalised features
         (W, T, D) and times relative to each window's last frame (W, T). Windows
         start every ``stride`` frames (default: back to back)."""
@@ -208,9 +228,12 @@ class MotionModel:
         starts = np.arange(0, len(x) - T + 1, step)
         idx = starts[:, None] + np.arange(T)  # (W, T)
         t = ff.times[idx] - ff.times[idx[:, -1:]]
-        return (torch.tensor(x[idx], device=self.device).reshape(len(starts), T,
-                                                                 self.spec.dim),
-                torch.tensor(t, device=self.device).reshape(len(starts), T))
+        return (
+            torch.tensor(x[idx], device=self.device).reshape(
+                len(starts), T, self.spec.dim
+            ),
+            torch.tensor(t, device=self.device).reshape(len(starts), T),
+        )
 
     # ------------------------------------------------------------ model pieces
 
@@ -232,9 +255,13 @@ class MotionModel:
         return x, t, end
 
     @torch.no_grad()
-    def posterior(self, x: torch.Tensor, t: torch.Tensor,
-                  generator: torch.Generator | None, temperature: float = 1.0
-                  ) -> torch.Tensor:
+    def posterior(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """A latent sample (L,) given normalised frames (T, D) at times (T,) <= 0;
         the posterior mean when ``generator`` is None."""
         mask = torch.ones(1, len(t), dtype=torch.bool, device=self.device)
@@ -252,15 +279,24 @@ class PoseStream:
     range, it never changes an answer.
     """
 
-    def __init__(self, model: MotionModel, source: str, seed: int, segment: float,
-                 temperature: float) -> None:
+    def __init__(
+        self,
+        model: MotionModel,
+        source: str,
+        seed: int,
+        segment: float,
+        temperature: float,
+    ) -> None:
         rate = model.net.config.solver_rate
         steps = segment * rate
         if not (segment > 0 and abs(steps - round(steps)) < 1e-9 and round(steps) >= 1):
-            raise ValueError(f"segment: {segment} s is not a whole number of solver "
-                             f"steps (1/{rate} s)")
-        if source != "prior" and not (source.startswith("clip:")
-                                      and source[5:] in model.seeds):
+            raise ValueError(
+                f"segment: {segment} s is not a whole number of solver "
+                f"steps (1/{rate} s)"
+            )
+        if source != "prior" and not (
+            source.startswith("clip:") and source[5:] in model.seeds
+        ):
             raise ValueError(f"source: unknown {source!r}; known: {model.sources()}")
         self.model = model
         self.source = source
@@ -282,7 +318,8 @@ class PoseStream:
 
     def _generator(self, segment: int) -> torch.Generator:
         return torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + segment * 7919) % (2**63))
+            (self.seed * 1_000_003 + segment * 7919) % (2**63)
+        )
 
     def _first_segment(self) -> _Segment:
         m = self.model
@@ -299,8 +336,9 @@ class PoseStream:
             z = m.posterior(x, t, self._generator(0), self.temperature)
             with torch.no_grad():
                 offset = x[-1] - m.decode_norm(z)
-            root = torch.tensor([*end["xz"], end["heading"]], dtype=torch.float64,
-                                device=dev)
+            root = torch.tensor(
+                [*end["xz"], end["heading"]], dtype=torch.float64, device=dev
+            )
         state = torch.cat([z, torch.zeros_like(z), root])
         return _Segment(state, offset, torch.zeros_like(offset))
 
@@ -312,15 +350,19 @@ class PoseStream:
         m, L = self.model, self.latent
         n = min(m.obs_frames, len(grid))
         prev = self._segments[index - 1]
-        tau = torch.arange(len(grid) - n, len(grid), dtype=torch.float64,
-                           device=m.device) / self.rate
-        x = torch.stack([self._pose(prev, float(a), y)
-                         for a, y in zip(tau, grid[-n:])])  # (n, D)
+        tau = (
+            torch.arange(len(grid) - n, len(grid), dtype=torch.float64, device=m.device)
+            / self.rate
+        )
+        x = torch.stack(
+            [self._pose(prev, float(a), y) for a, y in zip(tau, grid[-n:])]
+        )  # (n, D)
         z = m.posterior(x, tau - tau[-1], self._generator(index), self.temperature)
         end = grid[-1]
-        state = torch.cat([z, end[:L], end[2 * L:]])
-        return _Segment(state, torch.zeros_like(prev.offset), prev.offset,
-                        self.segment, blend=True)
+        state = torch.cat([z, end[:L], end[2 * L :]])
+        return _Segment(
+            state, torch.zeros_like(prev.offset), prev.offset, self.segment, blend=True
+        )
 
     def _fade(self, tau: torch.Tensor) -> torch.Tensor:
         return self.model.net.fade(tau)
@@ -337,8 +379,10 @@ class PoseStream:
         tau = torch.as_tensor(tau, dtype=torch.float64)
         x = m.decode_norm(y[..., :L]) + self._fade(tau) * seg.offset
         if seg.blend:
-            old = m.decode_norm(y[..., L:2 * L]) + self._fade(tau + seg.old_tau) \
-                * seg.old_offset
+            old = (
+                m.decode_norm(y[..., L : 2 * L])
+                + self._fade(tau + seg.old_tau) * seg.old_offset
+            )
             x = x + self._weight(tau) * (old - x)
         return x
 
@@ -353,7 +397,7 @@ class PoseStream:
             vx, vz = pose[..., 1], pose[..., 2]
             # Heading frame to world: rotation by the heading about the up (Y) axis.
             root = torch.stack([c * vx + s * vz, -s * vx + c * vz, pose[..., 3]], -1)
-            latents = y[..., :2 * L].reshape(*y.shape[:-1], 2, L)  # (..., 2, L)
+            latents = y[..., : 2 * L].reshape(*y.shape[:-1], 2, L)  # (..., 2, L)
             flow = m.net.dynamics(tau, latents).reshape(*y.shape[:-1], 2 * L)
             return torch.cat([flow, root], -1)
 
@@ -377,8 +421,9 @@ class PoseStream:
             f = self._field(seg)
             states = [seg.state]
             for i in range(self.steps_per_segment):
-                states.append(self._step(f, states[-1], i / self.rate,
-                                         (i + 1) / self.rate))
+                states.append(
+                    self._step(f, states[-1], i / self.rate, (i + 1) / self.rate)
+                )
             self._grid[index] = torch.stack(states)
             for old in list(self._grid)[:-2]:  # oldest first: dicts keep order
                 del self._grid[old]
@@ -388,7 +433,8 @@ class PoseStream:
 
     @torch.no_grad()
     def states(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pose features (T, D) and root states (T, 3) = (x, z, heading) at ``times``."""
+        """Pose features (T, D) and root states (T, 3) = (x, z, heading) at
+        ``times``."""
         times = np.asarray(times, dtype=np.float64).reshape(-1)
         if len(times) and not (np.isfinite(times).all() and times.min() >= 0):
             raise ValueError("times: every time must be finite and >= 0")
@@ -410,7 +456,7 @@ class PoseStream:
             else:
                 tau = tau_k
             poses[i] = m.denormalize(self._pose(seg, tau, y)).cpu().numpy()
-            roots[i] = y[2 * self.latent:].cpu().numpy()
+            roots[i] = y[2 * self.latent :].cpu().numpy()
         return poses, roots
 
     def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
@@ -425,13 +471,16 @@ class PoseStream:
         if len(poses) == 0:
             return np.zeros((0, self.skeleton.num_channels))
         if not continuous:
-            return feat.decode(self.model.spec, poses, roots[:, :2], roots[:, 2],
-                               continuous=False)
-        order = np.argsort(np.asarray(times, dtype=np.float64).reshape(-1),
-                           kind="stable")
+            return feat.decode(
+                self.model.spec, poses, roots[:, :2], roots[:, 2], continuous=False
+            )
+        order = np.argsort(
+            np.asarray(times, dtype=np.float64).reshape(-1), kind="stable"
+        )
         rows = np.empty((len(poses), self.skeleton.num_channels))
-        rows[order] = feat.decode(self.model.spec, poses[order], roots[order, :2],
-                                  roots[order, 2])
+        rows[order] = feat.decode(
+            self.model.spec, poses[order], roots[order, :2], roots[order, 2]
+        )
         return rows
 
     def positions_at(self, times: np.ndarray) -> np.ndarray:
@@ -448,8 +497,14 @@ class PoseStream:
             raise ValueError(f"duration: must be >= 0 seconds, got {duration}")
         n = math.floor(duration * fps + 1e-9) + 1
         if n > MAX_CLIP_FRAMES:
-            raise ValueError(f"duration x fps: {duration:g} s at {fps:g} fps is {n} "
-                             f"frames; at most {MAX_CLIP_FRAMES} fit in one clip")
+            raise ValueError(
+                f"duration x fps: {duration:g} s at {fps:g} fps is {n} "
+                f"frames; at most {MAX_CLIP_FRAMES} fit in one clip"
+            )
         times = np.arange(n, dtype=np.float64) / fps
-        return Clip(self.skeleton, self.channels_at(times), 1.0 / fps,
-                    f"motionode:{self.source}:seed{self.seed}")
+        return Clip(
+            self.skeleton,
+            self.channels_at(times),
+            1.0 / fps,
+            f"motionode:{self.source}:seed{self.seed}",
+        )

@@ -56,9 +56,12 @@ class _Dynamics(nn.Module):
         hz = torch.exp(torch.linspace(math.log(0.3), math.log(4.0), self.pairs))
         self.log_omega = nn.Parameter(torch.log(2 * math.pi * hz))  # (pairs,)
         self.net = nn.Sequential(
-            nn.Linear(latent, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, latent), nn.Tanh(),
+            nn.Linear(latent, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, latent),
+            nn.Tanh(),
         )
         with torch.no_grad():
             self.net[4].weight.mul_(0.1)
@@ -87,7 +90,10 @@ def odeint_grid(
         (len(times), *y0.shape) states.
     """
     return torchdiffeq.odeint(
-        func, y0, times, method="rk4",
+        func,
+        y0,
+        times,
+        method="rk4",
         options={"grid_constructor": _grid(1.0 / rate), "perturb": False},
     )
 
@@ -120,8 +126,10 @@ class LatentODEVAE(nn.Module):
         self.encoder_out = nn.Linear(hid, 2 * lat)
         self.dynamics = _Dynamics(lat, config.ode_hidden)
         self.decoder = nn.Sequential(
-            nn.Linear(lat, hid), nn.SiLU(),
-            nn.Linear(hid, hid), nn.SiLU(),
+            nn.Linear(lat, hid),
+            nn.SiLU(),
+            nn.Linear(hid, hid),
+            nn.SiLU(),
             nn.Linear(hid, dim),
         )
 
@@ -170,8 +178,9 @@ class LatentODEVAE(nn.Module):
         sign = -1.0 if bool((times <= 0).all()) else 1.0
         # Times equal but for float noise (t[i] - t[a] from different anchors) are
         # merged at 1 ns: each distinct time becomes a solver grid point.
-        ns, inverse = torch.unique(torch.round(times.abs().reshape(-1) * 1e9),
-                                   return_inverse=True)
+        ns, inverse = torch.unique(
+            torch.round(times.abs().reshape(-1) * 1e9), return_inverse=True
+        )
         union = ns / 1e9
         if union[0] != 0:
             union = torch.cat([union.new_zeros(1), union])
@@ -203,8 +212,9 @@ class LatentODEVAE(nn.Module):
             dict with ``recon`` (B, T, D), ``pred`` (B, P, D), ``mean``, ``logvar``.
         """
         mean, logvar = self.encode(obs, mask, obs_times)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device,
-                            dtype=mean.dtype)
+        noise = torch.randn(
+            mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+        )
         z0 = mean + noise * torch.exp(0.5 * logvar)  # (B, L)
 
         recon = self.decoder(self.solve(z0, obs_times))  # (B, T, D)
@@ -230,4 +240,3 @@ def kl_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

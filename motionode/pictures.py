@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["contact_sheet", "plot_curves"]
 
+
 def _figure(size_px: tuple[int, int], dpi: int = 100):
     """A matplotlib Figure on the Agg canvas (no display, no pyplot state)."""
     try:
@@ -221,4 +222,3 @@ def plot_curves(
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{traj.source}: joint {kind} against limits (time in s)", fontsize=10)
     _save_png(fig, path)
-

@@ -142,8 +142,11 @@ def run(args: argparse.Namespace) -> int:
         traj, args.out, limits, floor, args.glb_times, pictures
     )
     lines = format_report(report, every=args.all)
-    lines.insert(3, f"  lengths: {traj.units_to_m:g} m per rig unit (--units; the "
-                    "bundled rig is in centimetres)")
+    lines.insert(
+        3,
+        f"  lengths: {traj.units_to_m:g} m per rig unit (--units; the "
+        "bundled rig is in centimetres)",
+    )
     for line in lines:
         print(line)
     print(

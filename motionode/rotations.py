@@ -54,7 +54,8 @@ def axis_angle_matrix(axis: int, angle: np.ndarray) -> np.ndarray:
 
 
 def euler_to_matrix(angles: np.ndarray, order: str) -> np.ndarray:
-    """Intrinsic Euler angles (..., 3) radians, in ``order``, to matrices (..., 3, 3)."""
+    """Intrinsic Euler angles (..., 3) radians, in ``order``, to matrices
+    (..., 3, 3)."""
     order = check_order(order)
     angles = np.asarray(angles, dtype=np.float64)
     out = axis_angle_matrix(_AXIS[order[0]], angles[..., 0])

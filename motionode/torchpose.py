@@ -61,7 +61,9 @@ class FeatureFK(nn.Module):
         by_joint[self.root] = sixd_to_matrix_torch(x[..., 4:10])
         local_rot = torch.stack([by_joint.get(j, eye) for j in range(J)], dim=-3)
 
-        local_pos = self.local_pos.to(x.dtype).expand(*lead, J, 3).clone()  # (..., J, 3)
+        local_pos = (
+            self.local_pos.to(x.dtype).expand(*lead, J, 3).clone()
+        )  # (..., J, 3)
         height = x[..., 0] * self.units_to_m
         local_pos[..., self.root, :] = 0.0
         local_pos[..., self.root, 1] = height

@@ -32,7 +32,9 @@ __all__ = ["TrainConfig", "Trainer", "find_clips", "load_training_clips", "pick_
 class TrainConfig:
     """Training settings; stored in every checkpoint."""
 
-    obs_frames: int = 30  # observed frames before the continuation point (1 s at 30 fps)
+    obs_frames: int = (
+        30  # observed frames before the continuation point (1 s at 30 fps)
+    )
     pred_frames: int = 45  # frames predicted after it (1.5 s at 30 fps)
     train_fps: float = 30.0  # clips are strided down to about this rate
     batch_size: int = 64  # windows per step
@@ -49,8 +51,13 @@ class TrainConfig:
     max_recoveries: int = 5  # non-finite steps in a row before giving up
 
     def __post_init__(self) -> None:
-        for name in ("obs_frames", "pred_frames", "batch_size", "steps",
-                     "checkpoint_every"):
+        for name in (
+            "obs_frames",
+            "pred_frames",
+            "batch_size",
+            "steps",
+            "checkpoint_every",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name}: expected a whole number >= 1, got {value!r}")
@@ -66,8 +73,10 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"train config: unknown keys {sorted(unknown)}; valid: "
-                             f"{sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"train config: unknown keys {sorted(unknown)}; valid: "
+                f"{sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**data)
 
 
@@ -80,8 +89,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got "
-                         f"{name!r}") from exc
+        raise ValueError(
+            f"device: expected auto, cpu, cuda or cuda:N, got {name!r}"
+        ) from exc
 
 
 def find_clips(inputs: list[str], exclude: list[str] = ()) -> list[Path]:
@@ -100,7 +110,8 @@ def find_clips(inputs: list[str], exclude: list[str] = ()) -> list[Path]:
 
 
 def stride_clip(clip: Clip, fps: float) -> Clip:
-    """Keep every k-th frame so the rate is near ``fps`` (real frames, no resampling)."""
+    """Keep every k-th frame so the rate is near ``fps`` (real frames, no
+    resampling)."""
     k = max(1, round(clip.fps / fps))
     if k == 1:
         return clip
@@ -117,9 +128,14 @@ class _Data:
 class Trainer:
     """Owns the model, optimiser, data and checkpoints of one training run."""
 
-    def __init__(self, clips: list[Clip], config: TrainConfig,
-                 model_config: ModelConfig | None = None, device: str = "auto",
-                 spec: feat.FeatureSpec | None = None) -> None:
+    def __init__(
+        self,
+        clips: list[Clip],
+        config: TrainConfig,
+        model_config: ModelConfig | None = None,
+        device: str = "auto",
+        spec: feat.FeatureSpec | None = None,
+    ) -> None:
         self.config = config
         self.device = pick_device(device)
         self.clips = [stride_clip(c, config.train_fps) for c in clips]
@@ -127,14 +143,18 @@ class Trainer:
             rig = spec.skel()
             for c in self.clips:
                 if c.skeleton.names != rig.names or c.skeleton.channels != rig.channels:
-                    raise ValueError(f"{c.source}: clip's rig differs from the "
-                                     f"checkpoint's ({c.skeleton.num_joints} joints "
-                                     f"vs {rig.num_joints})")
+                    raise ValueError(
+                        f"{c.source}: clip's rig differs from the "
+                        f"checkpoint's ({c.skeleton.num_joints} joints "
+                        f"vs {rig.num_joints})"
+                    )
         self.spec = spec or feat.build_spec(self.clips, config.units_to_m)
         self.model_config = model_config or ModelConfig(feature_dim=self.spec.dim)
         if self.model_config.feature_dim != self.spec.dim:
-            raise ValueError(f"model config: feature_dim {self.model_config.feature_dim}"
-                             f" does not match the rig's {self.spec.dim}")
+            raise ValueError(
+                f"model config: feature_dim {self.model_config.feature_dim}"
+                f" does not match the rig's {self.spec.dim}"
+            )
         torch.manual_seed(config.seed)
         self.model = LatentODEVAE(self.model_config).to(self.device)
         self.fk = FeatureFK(self.spec).to(self.device)
@@ -187,18 +207,30 @@ class Trainer:
         dev = self.device
         as_t = lambda a, dt=None: torch.as_tensor(a, device=dev, dtype=dt)
         return {
-            "obs": as_t(obs), "obs_valid": as_t(obs_valid),
-            "mask": as_t(keep & obs_valid), "obs_times": as_t(obs_t, torch.float64),
-            "pred": as_t(pred), "pred_valid": as_t(pred_valid),
+            "obs": as_t(obs),
+            "obs_valid": as_t(obs_valid),
+            "mask": as_t(keep & obs_valid),
+            "obs_times": as_t(obs_t, torch.float64),
+            "pred": as_t(pred),
+            "pred_valid": as_t(pred_valid),
             "pred_times": as_t(pred_t, torch.float64),
         }
 
-    def losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: dict[str, torch.Tensor], step: int
+    ) -> dict[str, torch.Tensor]:
         """Feature, joint-position and KL terms for one batch, and their total."""
         cfg = self.config
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + step)
-        out = self.model(batch["obs"], batch["mask"], batch["obs_times"],
-                         batch["pred_times"], generator=gen)
+        gen = torch.Generator(device=self.device).manual_seed(
+            cfg.seed * 1_000_003 + step
+        )
+        out = self.model(
+            batch["obs"],
+            batch["mask"],
+            batch["obs_times"],
+            batch["pred_times"],
+            generator=gen,
+        )
         est = torch.cat([out["recon"], out["pred"]], dim=1)  # (B, T+P, D)
         ref = torch.cat([batch["obs"], batch["pred"]], dim=1)
         valid = torch.cat([batch["obs_valid"], batch["pred_valid"]], dim=1).float()
@@ -211,15 +243,25 @@ class Trainer:
         # pose pays for it even where that pose is close on average.
         times = torch.cat([batch["obs_times"], batch["pred_times"]], dim=1)
         dt = (times[:, 1:] - times[:, :-1]).clamp(min=1e-3).to(est.dtype)  # (B, T+P-1)
-        vel_err = ((pos_est.diff(dim=1) - pos_ref.diff(dim=1)).norm(dim=-1).mean(-1)
-                   / dt)  # (B, T+P-1) m/s
+        vel_err = (pos_est.diff(dim=1) - pos_ref.diff(dim=1)).norm(dim=-1).mean(
+            -1
+        ) / dt  # (B, T+P-1) m/s
         pair = valid[:, 1:] * valid[:, :-1]
         vel_loss = (vel_err * pair).sum() / pair.sum().clamp(min=1.0)
         kl = kl_normal(out["mean"], out["logvar"]).mean()
-        total = (feat_loss + cfg.fk_weight * pos_loss + cfg.vel_weight * vel_loss
-                 + cfg.kl_weight * kl)
-        return {"total": total, "feat": feat_loss, "pos_m": pos_loss,
-                "vel_m_s": vel_loss, "kl": kl}
+        total = (
+            feat_loss
+            + cfg.fk_weight * pos_loss
+            + cfg.vel_weight * vel_loss
+            + cfg.kl_weight * kl
+        )
+        return {
+            "total": total,
+            "feat": feat_loss,
+            "pos_m": pos_loss,
+            "vel_m_s": vel_loss,
+            "kl": kl,
+        }
 
     # ------------------------------------------------------------------ loop
 
@@ -227,8 +269,12 @@ class Trainer:
         frac = min(step / max(self.config.steps, 1), 1.0)
         return self.config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def train(self, checkpoint: str | os.PathLike, progress: Callable | None = None,
-              clip_names: list[str] | None = None) -> dict:
+    def train(
+        self,
+        checkpoint: str | os.PathLike,
+        progress: Callable | None = None,
+        clip_names: list[str] | None = None,
+    ) -> dict:
         """Run until ``config.steps``, checkpointing to ``checkpoint``.
 
         A step whose loss is not finite (for example a latent flow driven stiff) is
@@ -262,8 +308,12 @@ class Trainer:
             except (FloatingPointError, AssertionError) as exc:
                 # AssertionError is how torchdiffeq reports step-size underflow.
                 failures += 1
-                logger.error("step %d failed (%s); back to the last good checkpoint "
-                             "%s", self.step, exc, checkpoint)
+                logger.error(
+                    "step %d failed (%s); back to the last good checkpoint %s",
+                    self.step,
+                    exc,
+                    checkpoint,
+                )
                 if failures > cfg.max_recoveries:
                     raise RuntimeError(
                         f"training diverged {failures} times in a row at step "
@@ -295,8 +345,12 @@ class Trainer:
             **self.extra_metadata,
         }
 
-    def save(self, path: str | os.PathLike, with_optimizer: bool = True,
-             extra: dict | None = None) -> None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        with_optimizer: bool = True,
+        extra: dict | None = None,
+    ) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if with_optimizer:
             names = {id(p): n for n, p in self.model.named_parameters()}
@@ -312,8 +366,10 @@ class Trainer:
         """Restore weights, optimiser state and step from a checkpoint of this run."""
         tensors, meta = load_checkpoint(path, self.device)
         if meta.get("model_config") != self.model_config.to_dict():
-            raise ValueError(f"{path}: checkpoint has a different model config: "
-                             f"{meta.get('model_config')}")
+            raise ValueError(
+                f"{path}: checkpoint has a different model config: "
+                f"{meta.get('model_config')}"
+            )
         self.model.load_state_dict(
             {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         )
@@ -327,15 +383,25 @@ class Trainer:
         logger.info("resumed from %s at step %d", path, self.step)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, clips: list[Clip],
-               device: str = "auto", steps: int | None = None) -> Trainer:
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        clips: list[Clip],
+        device: str = "auto",
+        steps: int | None = None,
+    ) -> Trainer:
         """A trainer restored from ``path``, with the config and features it saved."""
         _, meta = load_checkpoint(path)
         config = TrainConfig.from_dict(meta["train_config"])
         if steps is not None:
             config.steps = steps
-        trainer = cls(clips, config, ModelConfig.from_dict(meta["model_config"]),
-                      device, feat.FeatureSpec.from_dict(meta["feature_spec"]))
+        trainer = cls(
+            clips,
+            config,
+            ModelConfig.from_dict(meta["model_config"]),
+            device,
+            feat.FeatureSpec.from_dict(meta["feature_spec"]),
+        )
         trainer.load_state(path)
         return trainer
 

@@ -53,12 +53,9 @@ Importer behaviour the comparison accounts for:
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blender_env import find_blender
 
 from motionode.axes import PROFILES, axis_matrix, convert_clip, convert_positions
 from motionode.bvh import Clip, Skeleton, parse_bvh, read_bvh, write_bvh
@@ -74,7 +72,6 @@ from motionode.rotations import EULER_ORDERS
 CLIPS_DIR = Path(__file__).parents[2] / "shared" / "data" / "bvh"
 MISSING = f"shared clips not found at {CLIPS_DIR} (clone with shared/ beside the repo)"
 HELPER = Path(__file__).with_name("blender_import.py")
-PYTHON_ENV = "MOTIONODE_BPY_PYTHON"
 # Worst joint error allowed, as a fraction of skeleton height, per way the importer
 # stores pose rotations (rotate_mode). Blender works in float32. As quaternions,
 # poses agree with ours to about 1e-6 (up to 4.2e-6 over every frame of the iClone
@@ -105,30 +102,8 @@ UNITS_TO_M = {"cmu_cs19/10_01.bvh": 0.0254, "cmu_daz/salsa/10.bvh": 0.01}
 # ------------------------------------------------------------------ running Blender
 
 
-@functools.cache
 def bpy_python() -> tuple[str | None, str]:
-    """(Python that imports bpy, Blender version), or (None, why there is none)."""
-    python = os.environ.get(PYTHON_ENV) or sys.executable
-    code = "import bpy; print(bpy.app.version_string)"
-    try:
-        run = subprocess.run(
-            [python, "-c", code],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"cannot run {python} to import bpy: {exc}"
-    if run.returncode != 0:
-        last = (run.stderr.strip().splitlines() or ["no error output"])[-1]
-        return None, (
-            f"bpy (Blender as a Python module) does not import in {python}: {last}. "
-            f"Install it with 'pip install bpy==4.5.*' (Python 3.11 only; it needs "
-            f"numpy<2, so a separate environment is best) and point {PYTHON_ENV} at "
-            f"that environment's python"
-        )
-    return python, run.stdout.strip().splitlines()[-1]
+    return find_blender(with_zmq=False)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blender_env import find_blender
 
 from bridge import protocol as proto
 from bridge.server import Server
@@ -43,7 +44,6 @@ from motionode.generate import MotionModel
 ROOT = Path(__file__).resolve().parents[1]
 ADDON_DIR = ROOT / "blender"
 DRIVER = Path(__file__).with_name("blender_addon_driver.py")
-PYTHON_ENV = "MOTIONODE_BPY_PYTHON"
 SOURCE, SEED = "clip:dataset-1_walk_normal_001", 3  # a walk: the root moves
 # Worst joint error allowed as a fraction of skeleton height, as in test_blender.
 # The bundled rig's height is 4.57 m (its Hips offset holds where the source clip
@@ -230,35 +230,8 @@ def test_link_pulls_exact_poses(server):
 # ------------------------------------------------------------------ in Blender
 
 
-@functools.cache
 def bpy_python() -> tuple[str | None, str]:
-    """(Python with bpy and pyzmq, Blender version), or (None, why there is none)."""
-    python = os.environ.get(PYTHON_ENV) or sys.executable
-    code = "import bpy, zmq; print(bpy.app.version_string)"
-    try:
-        run = subprocess.run(
-            [python, "-c", code],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"cannot run {python} to import bpy: {exc}"
-    if run.returncode != 0:
-        last = (run.stderr.strip().splitlines() or ["no error output"])[-1]
-        if "zmq" in last:
-            return None, (
-                f"pyzmq does not import in {python}: {last}. The add-on needs it; "
-                f"install it with '{python} -m pip install pyzmq'"
-            )
-        return None, (
-            f"bpy (Blender as a Python module) does not import in {python}: {last}. "
-            f"Install it with 'pip install bpy==4.5.*' (Python 3.11 only; it needs "
-            f"numpy<2, so a separate environment is best), add pyzmq, and point "
-            f"{PYTHON_ENV} at that environment's python"
-        )
-    return python, run.stdout.strip().splitlines()[-1]
+    return find_blender(with_zmq=True)
 
 
 @pytest.fixture(scope="module")

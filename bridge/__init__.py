@@ -3,16 +3,21 @@
 The wire protocol is specified in ``PROTOCOL.md`` beside this file.
 """
 
-from bridge.client import Client, ClientStream, Frame, StreamEnded
+from bridge.client import AuthenticationError, Client, ClientStream, Frame, StreamEnded
 from bridge.protocol import VERSION, ProtocolError
+from bridge.security import ClientKeys, ServerKeys, generate_keys
 from bridge.server import Server
 
 __all__ = [
     "VERSION",
+    "AuthenticationError",
     "Client",
+    "ClientKeys",
     "ClientStream",
     "Frame",
     "ProtocolError",
     "Server",
+    "ServerKeys",
     "StreamEnded",
+    "generate_keys",
 ]

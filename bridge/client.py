@@ -13,16 +13,26 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import zmq
+import zmq.utils.monitor
 
 from bridge import protocol as proto
 from bridge.protocol import ProtocolError
+from bridge.security import ClientKeys
 
 if TYPE_CHECKING:
     from typing import Self
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Client", "ClientStream", "Frame", "StreamEnded"]
+__all__ = ["AuthenticationError", "Client", "ClientStream", "Frame", "StreamEnded"]
+
+# Handshake failures a client can see: a server that refused our CURVE key (AUTH),
+# or one whose security differs from ours, e.g. CURVE against plain (PROTOCOL).
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class Frame(NamedTuple):
@@ -39,6 +49,11 @@ class Frame(NamedTuple):
     t: float
     sent: float
     channels: np.ndarray
+
+
+class AuthenticationError(ConnectionError):
+    """The server refused the connection's security handshake: our CURVE key is
+    not on its list, the server key is wrong, or only one side uses CURVE."""
 
 
 class StreamEnded(Exception):
@@ -68,6 +83,7 @@ class Client:
         stream_endpoint: its stream socket; by default asked with ``hello``.
         timeout: seconds to wait for each reply, and for a new stream's skeleton.
         retries: how many times a request is sent again after a timeout.
+        keys: CURVE keys (see ``bridge.security``), for a server that uses them.
         context: ZeroMQ context; by default the client makes its own.
     """
 
@@ -77,6 +93,7 @@ class Client:
         stream_endpoint: str | None = None,
         timeout: float = 2.0,
         retries: int = 3,
+        keys: ClientKeys | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         if not timeout > 0:
@@ -87,6 +104,8 @@ class Client:
         self.stream_endpoint = stream_endpoint
         self.timeout = float(timeout)
         self.retries = int(retries)
+        self.keys = keys
+        self._monitor: zmq.Socket | None = None
         self._own_context = context is None
         self._context = context or zmq.Context()
         self.routing_id = b"motionode-" + secrets.token_hex(8).encode()
@@ -100,8 +119,32 @@ class Client:
         socket = self._context.socket(zmq.DEALER)
         socket.linger = 0
         socket.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        if self.keys is not None:
+            self.keys.secure(socket)
+        self._close_monitor()
+        self._monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED)
         socket.connect(self.control_endpoint)
         return socket
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _check_handshake(self, op: str) -> None:
+        """Raise AuthenticationError if the control socket's handshake failed."""
+        if self._monitor is None or not self._monitor.poll(0):
+            return
+        event = zmq.utils.monitor.recv_monitor_message(self._monitor)["event"]
+        why = {
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused our CURVE key "
+            "(not on its list of allowed clients)",
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "its security differs from ours "
+            "(CURVE on one side only?)",
+        }.get(event, "wrong server key or broken security settings")
+        raise AuthenticationError(
+            f"{op}: {self.control_endpoint}: security handshake failed: {why}"
+        )
 
     def request(self, op: str, **params: Any) -> tuple[dict, list[bytes]]:
         """Send one request; return the reply object and any further reply frames.
@@ -109,6 +152,7 @@ class Client:
         Raises:
             ProtocolError: the server answered with an error.
             TimeoutError: no reply after ``retries + 1`` attempts.
+            AuthenticationError: the server refused our security handshake.
             ValueError: the request is larger than the server accepts.
         """
         request_id = self._next_id
@@ -123,6 +167,8 @@ class Client:
             self._socket.send(data)
             self._last_sent = time.monotonic()
             reply = self._await(request_id)
+            if reply is None:
+                self._check_handshake(op)
             if reply is not None:
                 obj, extra = reply
                 if not obj["ok"]:
@@ -279,6 +325,8 @@ class Client:
         for stream in self._streams:
             stream._socket.close()
         self._streams.clear()
+        self._socket.disable_monitor()
+        self._close_monitor()
         self._socket.close()
         if self._own_context:
             self._context.term()
@@ -315,6 +363,8 @@ class ClientStream:
         self._next_seq: int | None = None
         self._socket = client._context.socket(zmq.SUB)
         self._socket.linger = 0
+        if client.keys is not None:
+            client.keys.secure(self._socket)
         self._socket.connect(client.stream_endpoint)
         self._socket.setsockopt(zmq.SUBSCRIBE, fields["topic"].encode())
 

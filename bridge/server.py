@@ -29,9 +29,12 @@ import zmq
 
 from bridge import protocol as proto
 from bridge.protocol import ProtocolError
+from bridge.security import ServerKeys
 
 if TYPE_CHECKING:
     from typing import Self
+
+    from zmq.auth.thread import ThreadAuthenticator
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +47,19 @@ REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
 
 
-def check_endpoint(name: str, endpoint: str, allow_remote: bool = False) -> str:
+def check_endpoint(
+    name: str, endpoint: str, secured: bool = False, insecure: bool = False
+) -> str:
     """Check an endpoint the server is asked to bind; return the one to bind.
 
     ``tcp://127.0.0.1:0`` becomes ``tcp://127.0.0.1:*`` (any free port); ``ipc://``
-    and ``inproc://`` pass unchanged.
+    and ``inproc://`` pass unchanged. Any tcp host other than 127.0.0.1 may be
+    reached from other machines, so it needs CURVE (``secured``) or the explicit
+    opt-out ``insecure``, which is logged as a warning.
 
     Raises:
         ValueError: not a tcp, ipc or inproc endpoint, or a tcp host other than
-            127.0.0.1 while ``allow_remote`` is false.
+            127.0.0.1 with neither ``secured`` nor ``insecure``.
     """
     scheme, sep, rest = endpoint.partition("://")
     if sep and scheme in ("ipc", "inproc"):
@@ -63,16 +70,16 @@ def check_endpoint(name: str, endpoint: str, allow_remote: bool = False) -> str:
             f"{name}: expected an endpoint such as 'tcp://127.0.0.1:5555'"
             f" or 'ipc:///tmp/motionode', got {endpoint!r}"
         )
-    if host != "127.0.0.1":
-        if not allow_remote:
+    if host != "127.0.0.1" and not secured:
+        if not insecure:
             raise ValueError(
-                f"{name}: {endpoint!r} binds {host!r}, not the loopback "
-                "address 127.0.0.1; pass allow_remote=True to serve "
-                "other hosts"
+                f"{name}: {endpoint!r} binds {host!r}, which other machines may "
+                "reach; give CURVE keys (keys=ServerKeys...) so only allowed "
+                "clients get in, or insecure=True to serve anyone unencrypted"
             )
         logger.warning(
-            "%s: binding %s, which other hosts may reach: the bridge has "
-            "no authentication and no encryption",
+            "%s: binding %s WITHOUT AUTHENTICATION OR ENCRYPTION: anyone who "
+            "reaches this address can open streams and read every frame",
             name,
             endpoint,
         )
@@ -112,7 +119,10 @@ class Server:
         lease: seconds without any request from a stream's client after which the
             stream is closed.
         max_streams: open streams allowed at once, over all clients.
-        allow_remote: allow binding hosts other than 127.0.0.1.
+        keys: CURVE keys (see ``bridge.security``): both sockets encrypt, and
+            only clients holding an allowed key can connect. Needed to bind a
+            host other than 127.0.0.1, unless ``insecure``.
+        insecure: allow binding a host other than 127.0.0.1 without CURVE.
         context: ZeroMQ context to use; by default the server makes its own.
 
     Raises:
@@ -127,7 +137,8 @@ class Server:
         *,
         lease: float = 30.0,
         max_streams: int = 64,
-        allow_remote: bool = False,
+        keys: ServerKeys | None = None,
+        insecure: bool = False,
         context: zmq.Context | None = None,
     ) -> None:
         if not (lease > 0 and math.isfinite(lease)):
@@ -140,9 +151,11 @@ class Server:
         self.lease = float(lease)
         self.max_streams = int(max_streams)
         self._bind = (
-            check_endpoint("control", control, allow_remote),
-            check_endpoint("stream", stream, allow_remote),
+            check_endpoint("control", control, keys is not None, insecure),
+            check_endpoint("stream", stream, keys is not None, insecure),
         )
+        self.keys = keys
+        self._auth: ThreadAuthenticator | None = None
         self._context = context
         self._own_context = context is None
         self.control_endpoint: str | None = None
@@ -178,16 +191,29 @@ class Server:
         xpub.setsockopt(zmq.XPUB_MANUAL, 1)  # see _read_subscriptions
         xpub.setsockopt(zmq.MAXMSGSIZE, 1024)
         try:
+            if self.keys is not None:
+                # The authenticator must run before a peer can connect, or ZeroMQ
+                # admits any client that knows the server's public key.
+                self._auth = self.keys.start_authenticator(self._context)
+                self.keys.secure(router)
+                self.keys.secure(xpub)
             router.bind(self._bind[0])
             xpub.bind(self._bind[1])
         except zmq.ZMQError:
             router.close()
             xpub.close()
+            self._stop_authenticator()
             raise
         self.control_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stream_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         logger.info("control socket bound at %s", self.control_endpoint)
         logger.info("stream socket bound at %s", self.stream_endpoint)
+        if self.keys is not None:
+            logger.info(
+                "CURVE on: %d allowed client keys; server public key %s",
+                len(self.keys.allowed),
+                self.keys.public.decode(),
+            )
 
         self._threads = [
             threading.Thread(
@@ -219,9 +245,15 @@ class Server:
                 logger.error("%s did not stop within %.1f s", thread.name, timeout)
                 stuck = True
         self._threads = []
+        self._stop_authenticator()
         if self._own_context and self._context is not None and not stuck:
             self._context.term()
         logger.info("server stopped")
+
+    def _stop_authenticator(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def serve_forever(self) -> None:
         """Start, then block until :meth:`stop` is called or Ctrl-C is pressed."""

@@ -250,18 +250,32 @@ def _holdout_paths(model) -> list[Path]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bridge.server import Server
 
+    keys = None
+    if args.curve_secret or args.curve_allow:
+        from bridge.security import ServerKeys
+
+        if not (args.curve_secret and args.curve_allow):
+            raise ValueError(
+                "--curve-secret and --curve-allow: CURVE needs both the server's "
+                "secret key file and the allowed client keys"
+            )
+        keys = ServerKeys.load(args.curve_secret, args.curve_allow)
     model = _load_model(args)
     server = Server(
         model,
         control=args.control,
         stream=args.stream,
         lease=args.lease,
-        allow_remote=args.allow_remote,
+        keys=keys,
+        insecure=args.insecure,
     )
     server.start()
     print(f"serving {args.model or 'the bundled model'}")
     print(f"  control {server.control_endpoint}")
     print(f"  stream  {server.stream_endpoint}")
+    if keys is not None:
+        print(f"  CURVE   on, {len(keys.allowed)} allowed client keys")
+        print(f"  server public key {keys.public.decode()}")
     print(f"  sources {', '.join(model.sources())}")
     print("Ctrl-C stops")
     # A plain `kill` should also end streams cleanly, with their end messages.
@@ -272,6 +286,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         print("server stopped")
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from bridge.security import generate_keys
+
+    for name in args.names:
+        public, secret = generate_keys(args.dir, name)
+        print(f"{name}: {public} (share), {secret} (keep private)")
+    return 0
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -304,7 +327,17 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         raise ValueError(f"--seconds: expected a positive number, got {args.seconds}")
-    client = Client(args.control, args.stream_endpoint, timeout=args.timeout)
+    keys = None
+    if args.server_key or args.curve_secret:
+        from bridge.security import ClientKeys
+
+        if not (args.server_key and args.curve_secret):
+            raise ValueError(
+                "--server-key and --curve-secret: CURVE needs both the server's "
+                "public key and this client's secret key file"
+            )
+        keys = ClientKeys.load(args.server_key, args.curve_secret)
+    client = Client(args.control, args.stream_endpoint, timeout=args.timeout, keys=keys)
     try:
         offset = client.clock_offset()
         stream = client.open_stream(args.source, fps=args.fps, seed=args.seed)
@@ -569,11 +602,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a silent client's streams are kept",
     )
     v.add_argument(
-        "--allow-remote",
+        "--curve-secret",
+        metavar="FILE",
+        help="the server's .key_secret file (see 'motionode keys'): turns on "
+        "CURVE encryption and client authentication",
+    )
+    v.add_argument(
+        "--curve-allow",
+        metavar="PATH",
+        help="a folder of allowed client .key files, or one such file",
+    )
+    v.add_argument(
+        "--insecure",
         action="store_true",
-        help="allow binding an address other than 127.0.0.1",
+        help="allow binding an address other than 127.0.0.1 without CURVE "
+        "(anyone who reaches it can read and open streams)",
     )
     v.set_defaults(func=_cmd_serve)
+
+    k = sub.add_parser(
+        "keys",
+        formatter_class=_FMT,
+        help="make CURVE key pairs for 'serve' and its clients",
+    )
+    k.add_argument("names", nargs="+", help="one key pair per name, e.g. server me")
+    k.add_argument("--dir", default="keys", help="folder to write them in")
+    k.set_defaults(func=_cmd_keys)
 
     li = sub.add_parser(
         "listen", formatter_class=_FMT, help="receive a stream, show stats, record BVH"
@@ -604,6 +658,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for each server reply",
     )
     li.add_argument("--record", help="write what was received to this BVH file")
+    li.add_argument(
+        "--server-key",
+        metavar="KEY",
+        help="the server's CURVE public key: its .key file or 40 Z85 characters",
+    )
+    li.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="this client's .key_secret file, allowed by the server",
+    )
     li.set_defaults(func=_cmd_listen)
 
     d = sub.add_parser(

@@ -156,12 +156,16 @@ def test_public_names():
     assert sorted(bridge.__all__) == sorted(
         [
             "VERSION",
+            "AuthenticationError",
             "Client",
+            "ClientKeys",
             "ClientStream",
             "Frame",
             "ProtocolError",
             "Server",
+            "ServerKeys",
             "StreamEnded",
+            "generate_keys",
         ]
     )
 
@@ -230,10 +234,13 @@ def test_only_loopback_is_bound_unless_allowed(caplog):
     ):
         with pytest.raises(ValueError, match="control"):
             check_endpoint("control", endpoint)
-    with pytest.raises(ValueError, match="allow_remote"):
+    with pytest.raises(ValueError, match="CURVE keys"):
         Server(FakeModel(), stream="tcp://0.0.0.0:0")
-    assert check_endpoint("stream", "tcp://0.0.0.0:0", allow_remote=True)
-    assert "no authentication" in caplog.text
+    assert "WITHOUT AUTHENTICATION" not in caplog.text
+    assert check_endpoint("stream", "tcp://0.0.0.0:0", secured=True)
+    assert "WITHOUT AUTHENTICATION" not in caplog.text
+    assert check_endpoint("stream", "tcp://0.0.0.0:0", insecure=True)
+    assert "WITHOUT AUTHENTICATION" in caplog.text
 
 
 # ---------------------------------------------------------------- control

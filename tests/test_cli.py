@@ -171,8 +171,19 @@ def test_listen_keeps_the_take_when_the_server_stops(tmp_path, capsys):
     stopper.start()
     out = tmp_path / "cut.bvh"
     try:
-        code = main(["listen", "--control", server.control_endpoint, "--fps", "40",
-                     "--seconds", "20", "--record", str(out)])
+        code = main(
+            [
+                "listen",
+                "--control",
+                server.control_endpoint,
+                "--fps",
+                "40",
+                "--seconds",
+                "20",
+                "--record",
+                str(out),
+            ]
+        )
     finally:
         stopper.join()
         server.stop()
@@ -188,13 +199,59 @@ def test_impossible_requests_exit_2_with_the_reason(tmp_path, capsys):
     cases = [
         (["eval", str(other)], "rig differs"),
         (["sample", "--out", str(tmp_path / "x.bvh"), "--fps", "1e9"], "frames"),
-        (["train", str(CLIPS), "--out", str(tmp_path / "m.safetensors"),
-          "--batch", "0"], "batch_size"),
-        (["train", str(CLIPS), "--out", str(tmp_path / "m.safetensors"),
-          "--device", "tpu"], "device"),
+        (
+            [
+                "train",
+                str(CLIPS),
+                "--out",
+                str(tmp_path / "m.safetensors"),
+                "--batch",
+                "0",
+            ],
+            "batch_size",
+        ),
+        (
+            [
+                "train",
+                str(CLIPS),
+                "--out",
+                str(tmp_path / "m.safetensors"),
+                "--device",
+                "tpu",
+            ],
+            "device",
+        ),
     ]
     for argv, reason in cases:
         assert main(argv) == 2, argv
         assert reason in capsys.readouterr().err, argv
     assert not (tmp_path / "x.bvh").exists()
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_keys_then_listen_over_curve(tmp_path, capsys):
+    from bridge.security import ServerKeys
+    from bridge.server import Server
+
+    keys = tmp_path / "keys"
+    assert main(["keys", "server", "me", "--dir", str(keys)]) == 0
+    assert "me.key_secret (keep private)" in capsys.readouterr().out
+    assert main(["keys", "me", "--dir", str(keys)]) == 2
+    assert "not overwritten" in capsys.readouterr().err
+
+    listen = ["listen", "--fps", "30", "--seconds", "0.5", "--timeout", "0.5"]
+    curve = [
+        "--server-key",
+        str(keys / "server.key"),
+        "--curve-secret",
+        str(keys / "me.key_secret"),
+    ]
+    server_keys = ServerKeys.load(keys / "server.key_secret", keys / "me.key")
+    with Server(MotionModel.load(), keys=server_keys) as server:
+        control = ["--control", server.control_endpoint]
+        assert main(listen + control + curve) == 0
+        assert "gaps 0  off-grid times 0" in capsys.readouterr().out
+        assert main(listen + control) == 2
+        assert "handshake failed" in capsys.readouterr().err
+        assert main(listen + control + curve[:2]) == 2
+        assert "--curve-secret" in capsys.readouterr().err

@@ -183,6 +183,8 @@ def run_live(job: dict) -> dict:
     scene = bpy.context.scene
     settings = scene.motionode_live
     settings.endpoint = job["endpoint"]
+    settings.server_key = job.get("server_key", "")
+    settings.client_secret = job.get("client_secret", "")
     settings.source = job["source"]
     settings.seed = job["seed"]
     pump = Pump(session)

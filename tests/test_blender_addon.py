@@ -36,6 +36,7 @@ import pytest
 from blender_env import find_blender
 
 from bridge import protocol as proto
+from bridge.security import ServerKeys, generate_keys
 from bridge.server import Server
 from motionode.axes import axis_matrix
 from motionode.bvh import read_bvh
@@ -227,6 +228,39 @@ def test_link_pulls_exact_poses(server):
     assert np.array_equal(np.stack([got[t] for t in times]), want.astype("<f4"))
 
 
+def test_link_speaks_curve_and_reports_a_refused_key(tmp_path):
+    pytest.importorskip("zmq")
+    from motionode_live.link import CurveKeys, Hello, Link, Status
+
+    for name in ("server", "blender", "stranger"):
+        generate_keys(tmp_path, name)
+    keys = ServerKeys.load(tmp_path / "server.key_secret", tmp_path / "blender.key")
+    server_key = str(tmp_path / "server.key")
+    outcome = {}
+    with Server(model(), keys=keys) as srv:
+        for name in ("blender", "stranger"):
+            curve = CurveKeys.load(server_key, str(tmp_path / f"{name}.key_secret"))
+            link = Link(srv.control_endpoint, SOURCE, SEED, keys=curve, timeout=0.5)
+            link.start()
+            deadline = time.monotonic() + 10
+            try:
+                while name not in outcome and time.monotonic() < deadline:
+                    for event in link.events():
+                        if isinstance(event, Hello):
+                            outcome[name] = "connected"
+                        elif isinstance(event, Status) and event.state == "error":
+                            outcome[name] = event.message
+                    time.sleep(0.01)
+            finally:
+                link.close()
+    assert outcome["blender"] == "connected"
+    assert "refused this client's CURVE key" in outcome["stranger"]
+    with pytest.raises(ValueError, match="secret key"):
+        CurveKeys.load(server_key, server_key)
+    with pytest.raises(ValueError, match="both"):
+        CurveKeys.load(server_key, "")
+
+
 # ------------------------------------------------------------------ in Blender
 
 
@@ -339,7 +373,13 @@ def live(blender, tmp_path_factory) -> dict:
         # Set to a PNG path to render the recorded take (docs/blender_live.png).
         "picture": str(Path(picture).resolve()) if picture else "",
     }
-    servers = [Server(model())]
+    # The whole session runs over CURVE, keys set in the panel as a user would.
+    generate_keys(tmp / "keys", "server")
+    generate_keys(tmp / "keys", "blender")
+    keys = ServerKeys.load(tmp / "keys" / "server.key_secret", tmp / "keys/blender.key")
+    job["server_key"] = str(tmp / "keys" / "server.key")
+    job["client_secret"] = str(tmp / "keys" / "blender.key_secret")
+    servers = [Server(model(), keys=keys)]
     servers[0].start()
     control, stream = servers[0].control_endpoint, servers[0].stream_endpoint
     job["endpoint"] = control
@@ -348,7 +388,7 @@ def live(blender, tmp_path_factory) -> dict:
         if request == "stop-server":
             servers[-1].stop()
         elif request == "start-server":
-            servers.append(Server(model(), control=control, stream=stream))
+            servers.append(Server(model(), control=control, stream=stream, keys=keys))
             servers[-1].start()
         else:
             raise AssertionError(f"unknown driver request {request!r}")

@@ -19,6 +19,7 @@ module (see ``deps``).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -27,18 +28,75 @@ from dataclasses import dataclass
 
 import numpy as np
 import zmq
+import zmq.auth
+import zmq.utils.monitor
 
 from . import wire
 from .wire import ProtocolError, SkeletonDesc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Hello", "Link", "Poses", "Status", "check_endpoint"]
+__all__ = ["CurveKeys", "Hello", "Link", "Poses", "Status", "check_endpoint"]
 
 POLL_S = 0.05  # longest wait between checks of the stop flag and of new wants
 HEARTBEAT_S = 2.0  # ping this often when idle: renews the lease, notices a loss
 RETRY_PAUSE_S = 1.0  # wait between reconnection attempts
 GOODBYE_S = 0.1  # time the last close request gets to leave when the link stops
+# Handshakes that failed: our CURVE key refused (AUTH), CURVE on one side only
+# (PROTOCOL), or a wrong server key (NO_DETAIL).
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """CURVE keys, 40 Z85 characters each: the server's public key and this
+    client's key pair."""
+
+    server: bytes
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def load(cls, server_key: str, secret_file: str) -> CurveKeys:
+        """The server's public key (Z85 text or its ``.key`` file) and this
+        client's ``.key_secret`` file, both as ``motionode keys`` writes them.
+
+        Raises:
+            ValueError: a missing or unreadable key or file, named.
+        """
+        server_key, secret_file = server_key.strip(), secret_file.strip()
+        if not (server_key and secret_file):
+            raise ValueError(
+                "CURVE: give both the server key and this client's secret key file"
+            )
+        server = (
+            server_key.encode()
+            if len(server_key) == 40 and not os.path.exists(server_key)
+            else _certificate(server_key, secret=False)[0]
+        )
+        public, secret = _certificate(secret_file, secret=True)
+        return cls(server, public, secret)
+
+    def secure(self, socket: zmq.Socket) -> None:
+        socket.curve_serverkey = self.server
+        socket.curve_publickey = self.public
+        socket.curve_secretkey = self.secret
+
+
+def _certificate(path: str, secret: bool) -> tuple[bytes, bytes | None]:
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable ZeroMQ key file ({exc})") from None
+    if public is None or (secret and secret_key is None):
+        what = "a secret key (the .key_secret file)" if secret else "a public key"
+        raise ValueError(f"{path}: holds no {what}")
+    return public, secret_key
 
 
 @dataclass(frozen=True)
@@ -80,6 +138,10 @@ class _Stopped(Exception):
     """The link was closed while waiting."""
 
 
+class _Refused(Exception):
+    """The server refused the security handshake."""
+
+
 def check_endpoint(endpoint: str) -> str:
     """``endpoint`` stripped, if it has the form tcp://HOST:PORT or ipc://PATH.
 
@@ -106,6 +168,7 @@ class Link:
         endpoint: the server's control socket, e.g. "tcp://127.0.0.1:5555".
         source: the stream's source, e.g. "prior" or "clip:<name>".
         seed: the stream's seed.
+        keys: CURVE keys, for a server that uses them.
         timeout: seconds to wait for each reply.
         attempts: sends of one request before the server counts as lost.
         batch: most times asked in one pull.
@@ -117,11 +180,14 @@ class Link:
         source: str,
         seed: int,
         *,
+        keys: CurveKeys | None = None,
         timeout: float = 2.0,
         attempts: int = 2,
         batch: int = 32,
     ) -> None:
         self.endpoint = check_endpoint(endpoint)
+        self.keys = keys
+        self._monitor: zmq.Socket | None = None
         self.timeout = float(timeout)
         self.attempts = int(attempts)
         self.batch = max(1, min(int(batch), wire.MAX_PULL_TIMES))
@@ -213,6 +279,8 @@ class Link:
                 # Linger a moment, so a goodbye close request can leave.
                 sent = self._say_goodbye()
                 self._socket.close(linger=int(GOODBYE_S * 1000) if sent else 0)
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
             self._context.term()
             self._emit(Status("closed", "disconnected"))
 
@@ -220,8 +288,26 @@ class Link:
         socket = self._context.socket(zmq.DEALER)
         socket.linger = 0
         socket.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        if self.keys is not None:
+            self.keys.secure(socket)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+        self._monitor = socket.get_monitor_socket(HANDSHAKE_FAILED)
         socket.connect(self.endpoint)
         return socket
+
+    def _check_handshake(self) -> None:
+        """Raise _Refused if the socket's security handshake failed."""
+        if self._monitor is None or not self._monitor.poll(0):
+            return
+        event = zmq.utils.monitor.recv_monitor_message(self._monitor)["event"]
+        why = {
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this client's "
+            "CURVE key",
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the server's security differs "
+            "from ours (CURVE keys on one side only?)",
+        }.get(event, "wrong server key?")
+        raise _Refused(f"{self.endpoint}: security handshake failed: {why}")
 
     def _serve(self) -> None:
         """Keep a stream open and answer wants until stopped."""
@@ -246,6 +332,10 @@ class Link:
                 else:
                     self._wake.wait(POLL_S)
                     self._wake.clear()
+            except _Refused as exc:
+                stream = None
+                self._emit(Status("error", f"{exc}; check the CURVE keys"))
+                self._wait_for_settings()
             except _Lost as exc:
                 stream = None
                 lost += 1
@@ -351,6 +441,7 @@ class Link:
         Raises:
             ProtocolError: the server answered with an error, or a malformed reply.
             _Lost: no reply after every attempt.
+            _Refused: the server refused the security handshake.
             _Stopped: the link was closed meanwhile.
         """
         request_id = self._next_id
@@ -364,6 +455,8 @@ class Link:
                 logger.debug("%s: not sent, the socket is not ready", op)
             self._last_sent = time.monotonic()
             reply = self._await(request_id)
+            if reply is None:
+                self._check_handshake()
             if reply is not None:
                 obj, extra = reply
                 if not obj["ok"]:

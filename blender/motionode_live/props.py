@@ -74,6 +74,23 @@ class MOTIONODE_PG_scene(bpy.types.PropertyGroup):
         description="The server's control socket (motionode serve prints it)",
         default=DEFAULT_ENDPOINT,
     )
+    server_key: StringProperty(
+        name="Server Key",
+        description=(
+            "CURVE only: the server's public key, as its .key file or 40 Z85 "
+            "characters; leave empty for a server without CURVE"
+        ),
+        default="",
+    )
+    client_secret: StringProperty(
+        name="Client Key",
+        description=(
+            "CURVE only: this client's .key_secret file, whose public key the "
+            "server allows"
+        ),
+        default="",
+        subtype="FILE_PATH",
+    )
     source: StringProperty(
         name="Source",
         description="Motion source: 'prior', or 'clip:<name>' to continue a clip",

@@ -94,16 +94,21 @@ class Session:
 
         Raises:
             RuntimeError: pyzmq does not import.
-            ValueError: the endpoint is malformed.
+            ValueError: the endpoint is malformed, or a CURVE key is unreadable.
         """
         problem = deps.zmq_problem()
         if problem is not None:
             raise RuntimeError(problem)
-        from .link import Link
+        from .link import CurveKeys, Link
 
         self.disconnect()
         settings = scene.motionode_live
-        link = Link(settings.endpoint, settings.source, settings.seed)
+        keys = None
+        if settings.server_key.strip() or settings.client_secret.strip():
+            keys = CurveKeys.load(
+                settings.server_key, bpy.path.abspath(settings.client_secret)
+            )
+        link = Link(settings.endpoint, settings.source, settings.seed, keys=keys)
         self.link, self._scene_name = link, scene.name
         self._set_status("connecting", f"connecting to {link.endpoint}")
         link.start()

@@ -59,6 +59,8 @@ class MOTIONODE_PT_live(_Sidebar, bpy.types.Panel):
         col = layout.column()
         col.enabled = SESSION.link is None
         col.prop(settings, "endpoint")
+        col.prop(settings, "server_key")
+        col.prop(settings, "client_secret")
         layout.prop(settings, "source")
         row = layout.row(align=True)
         row.prop(settings, "seed")

@@ -55,6 +55,7 @@ TOPIC_SIZE = 9  # eight lowercase hex digits of the stream id, then "|"
 
 MAX_REQUEST_BYTES = 65536  # larger control messages are cut off by ZeroMQ itself
 MAX_FPS = 1000.0
+MIN_FPS = 0.01  # one frame per 100 s; slower push streams only hold a place
 MAX_PULL_TIMES = 256  # poses per pull request; about 0.5 s of model time on a CPU
 MAX_START = 60.0  # seconds: a stream's start time, solved from 0 before frame 0
 MAX_PULL_AHEAD = 30.0  # seconds a pull may reach past the stream's latest time
@@ -73,7 +74,7 @@ ERROR_CODES = {
     "unknown_source": "the model has no such source",
     "unknown_stream": "no open stream has that id",
     "wrong_mode": "the operation does not apply to the stream's mode",
-    "too_many_streams": "the server's stream limit is reached",
+    "too_many_streams": "the server's or this client's stream limit is reached",
     "internal": "the server failed while answering; the request may be retried",
 }
 
@@ -146,9 +147,9 @@ def _seed(value: Any) -> int:
 
 
 def _fps(value: Any) -> float:
-    expected = f"a number in (0, {MAX_FPS:g}]"
+    expected = f"a number from {MIN_FPS:g} to {MAX_FPS:g}"
     fps = _finite("fps", value, expected)
-    if not 0 < fps <= MAX_FPS:
+    if not MIN_FPS <= fps <= MAX_FPS:
         raise _bad("fps", expected, value)
     return fps
 

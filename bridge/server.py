@@ -45,6 +45,35 @@ MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve o
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
+BAD_INPUT_LOGS = 20  # malformed messages logged in full per minute; the rest counted
+
+
+class _LogBudget:
+    """Lets ``limit`` log lines through per ``period`` seconds and counts the rest,
+    so a flood of bad input cannot flood the log as well."""
+
+    def __init__(self, limit: int, period: float = 60.0) -> None:
+        self.limit = limit
+        self.period = period
+        self._start = -math.inf
+        self._used = 0
+        self._held = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            if self._held:
+                logger.error(
+                    "%d more malformed messages in the last %.0f s were not logged",
+                    self._held,
+                    self.period,
+                )
+            self._start, self._used, self._held = now, 0, 0
+        if self._used < self.limit:
+            self._used += 1
+            return True
+        self._held += 1
+        return False
 
 
 def check_endpoint(
@@ -119,6 +148,8 @@ class Server:
         lease: seconds without any request from a stream's client after which the
             stream is closed.
         max_streams: open streams allowed at once, over all clients.
+        max_streams_per_client: open streams one connection may hold, so one
+            client cannot take every stream from the others.
         keys: CURVE keys (see ``bridge.security``): both sockets encrypt, and
             only clients holding an allowed key can connect. Needed to bind a
             host other than 127.0.0.1, unless ``insecure``.
@@ -137,6 +168,7 @@ class Server:
         *,
         lease: float = 30.0,
         max_streams: int = 64,
+        max_streams_per_client: int = 16,
         keys: ServerKeys | None = None,
         insecure: bool = False,
         context: zmq.Context | None = None,
@@ -150,6 +182,12 @@ class Server:
         self.model = model
         self.lease = float(lease)
         self.max_streams = int(max_streams)
+        if max_streams_per_client < 1:
+            raise ValueError(
+                "max_streams_per_client: expected at least 1, "
+                f"got {max_streams_per_client!r}"
+            )
+        self.max_streams_per_client = int(max_streams_per_client)
         self._bind = (
             check_endpoint("control", control, keys is not None, insecure),
             check_endpoint("stream", stream, keys is not None, insecure),
@@ -173,6 +211,7 @@ class Server:
         # Subscriptions in force on the stream socket, with how many hold each; a
         # stream opened later than a matching subscription starts on it.
         self._prefixes: Counter[bytes] = Counter()
+        self._bad_input = _LogBudget(BAD_INPUT_LOGS)
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
@@ -313,18 +352,20 @@ class Server:
             else:
                 reply = self._dispatch(owner, request)
         except ProtocolError as exc:
-            if request is None:
+            if request is None and self._bad_input.allow():
                 logger.error(
                     "control: malformed request from %s: %s; frames: %s",
                     proto.short_repr(owner),
                     exc,
                     [proto.short_repr(p) for p in body[:3]],
                 )
+            if request is None:
                 reply = [proto.encode_error(exc.request_id, exc.code, exc.message)]
             else:
-                logger.warning(
-                    "control: %s %r refused: %s", request.op, request.id, exc
-                )
+                if self._bad_input.allow():
+                    logger.warning(
+                        "control: %s %r refused: %s", request.op, request.id, exc
+                    )
                 reply = [proto.encode_error(request.id, exc.code, exc.message)]
         except Exception:
             logger.exception("control: %s failed", request.op if request else "request")
@@ -387,6 +428,7 @@ class Server:
                 "max_fps": proto.MAX_FPS,
                 "max_pull_times": proto.MAX_PULL_TIMES,
                 "max_streams": self.max_streams,
+                "max_streams_per_client": self.max_streams_per_client,
                 "max_request_bytes": proto.MAX_REQUEST_BYTES,
                 "lease": self.lease,
             },
@@ -417,6 +459,15 @@ class Server:
             )
         with self._lock:
             live = sum(s.end is None for s in self._streams.values())
+            mine = sum(
+                s.end is None and s.owner == owner for s in self._streams.values()
+            )
+        if mine >= self.max_streams_per_client:
+            raise ProtocolError(
+                "too_many_streams",
+                f"this connection holds {mine} open streams, the most one client "
+                f"may hold ({self.max_streams_per_client}); close one first",
+            )
         if live >= self.max_streams:
             raise ProtocolError(
                 "too_many_streams",
@@ -636,10 +687,11 @@ class Server:
                 return
             # b"\x01" + b"0000002a|" subscribes to stream 42; b"\x00" + ... leaves.
             if not message or message[0] not in (0, 1):
-                logger.error(
-                    "stream: expected a subscription message, got %s",
-                    proto.short_repr(message),
-                )
+                if self._bad_input.allow():
+                    logger.error(
+                        "stream: expected a subscription message, got %s",
+                        proto.short_repr(message),
+                    )
                 continue
             prefix = message[1:]
             if message[0] == 0:

@@ -236,9 +236,10 @@ class Client:
         self._lease = float(reply["limits"]["lease"])
         return reply
 
-    def skeleton(self) -> dict:
-        """The skeleton description (see PROTOCOL.md, "Skeleton description")."""
-        return self.request("skeleton")[0]["skeleton"]
+    def skeleton(self, convention: str = "raw") -> dict:
+        """The skeleton description (see PROTOCOL.md, "Skeleton description"), in
+        ``convention``."""
+        return self.request("skeleton", convention=convention)[0]["skeleton"]
 
     def sources(self) -> list[str]:
         return self.request("sources")[0]["sources"]
@@ -265,14 +266,24 @@ class Client:
         fps: float = 60.0,
         seed: int = 0,
         start: float = 0.0,
+        convention: str = "raw",
     ) -> ClientStream:
         """Open a push stream and subscribe to it; returns once its skeleton is in.
+
+        ``convention`` ("raw", "blender", "unity", "unreal", "godot") sets the axes,
+        handedness and unit of the skeleton and of every pose.
 
         Raises:
             TimeoutError: the skeleton did not arrive within ``timeout``.
         """
         fields = self.request(
-            "open", source=source, fps=fps, seed=seed, start=start, mode="push"
+            "open",
+            source=source,
+            fps=fps,
+            seed=seed,
+            start=start,
+            mode="push",
+            convention=convention,
         )[0]
         if self.stream_endpoint is None or self._lease is None:
             endpoint = self.hello()["stream_endpoint"]
@@ -285,9 +296,14 @@ class Client:
         self._streams.append(stream)
         return stream
 
-    def open_pull(self, source: str = "prior", seed: int = 0) -> int:
-        """Open a pull stream; returns its id for :meth:`pull`."""
-        return self.request("open", source=source, seed=seed, mode="pull")[0]["stream"]
+    def open_pull(
+        self, source: str = "prior", seed: int = 0, convention: str = "raw"
+    ) -> int:
+        """Open a pull stream; returns its id for :meth:`pull`. Its skeleton is
+        ``skeleton(convention)``."""
+        return self.request(
+            "open", source=source, seed=seed, mode="pull", convention=convention
+        )[0]["stream"]
 
     def pull(
         self, stream_id: int, times: np.ndarray | list[float], continuous: bool = True

@@ -162,6 +162,15 @@ def _start(value: Any) -> float:
     return start
 
 
+CONVENTIONS = ("blender", "godot", "raw", "unity", "unreal")
+
+
+def _convention(value: Any) -> str:
+    if value not in CONVENTIONS:
+        raise _bad("convention", f"one of {', '.join(CONVENTIONS)}", value)
+    return value
+
+
 def _mode(value: Any) -> str:
     if value not in ("push", "pull"):
         raise _bad("mode", "'push' or 'pull'", value)
@@ -202,7 +211,7 @@ def _times(value: Any) -> list[float]:
 # Per op: field -> validator; every field not listed is rejected.
 _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "hello": {},
-    "skeleton": {},
+    "skeleton": {"convention": _convention},
     "sources": {},
     "ping": {},
     "open": {
@@ -211,12 +220,20 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "fps": _fps,
         "start": _start,
         "mode": _mode,
+        "convention": _convention,
     },
     "pull": {"stream": _stream_id, "times": _times, "continuous": _flag("continuous")},
     "close": {"stream": _stream_id},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "open": {"source": "prior", "seed": 0, "start": 0.0, "mode": "push"},
+    "skeleton": {"convention": "raw"},
+    "open": {
+        "source": "prior",
+        "seed": 0,
+        "start": 0.0,
+        "mode": "push",
+        "convention": "raw",
+    },
     "pull": {"continuous": True},
 }
 _REQUIRED = {"pull": ("stream", "times"), "close": ("stream",)}
@@ -488,7 +505,9 @@ def describe_skeleton(skeleton: Any, units_to_m: float) -> dict:
         num_channels=int(skeleton.num_channels),
         units_to_m=float(units_to_m),
         up_axis="Y",
+        forward_axis="+Z",
         handedness="right",
         angle_unit="degrees",
+        convention="raw",
     )
     return desc

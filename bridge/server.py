@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from bridge import protocol as proto
+from bridge.conventions import ChannelMap, channel_map
 from bridge.protocol import ProtocolError
 from bridge.security import ServerKeys
 
@@ -126,6 +127,7 @@ class _Stream:
     start: float
     poses: Any  # the model's PoseStream
     info: bytes  # JSON payload of the stream's skeleton messages
+    convert: ChannelMap  # rig channels -> the client's convention
     last_seen: float
     clock0: float | None = None  # server clock at which frame 0 fell due
     frontier: float = 0.0  # latest time a pull has asked for, seconds
@@ -212,6 +214,7 @@ class Server:
         # stream opened later than a matching subscription starts on it.
         self._prefixes: Counter[bytes] = Counter()
         self._bad_input = _LogBudget(BAD_INPUT_LOGS)
+        self._maps: dict[str, ChannelMap] = {}  # per convention, made on first use
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
@@ -434,8 +437,8 @@ class Server:
             },
         }
 
-    def _op_skeleton(self, owner: bytes) -> dict:
-        return {"skeleton": self._skeleton}
+    def _op_skeleton(self, owner: bytes, convention: str) -> dict:
+        return {"skeleton": self._channel_map(convention).skeleton}
 
     def _op_sources(self, owner: bytes) -> dict:
         return {"sources": self.model.sources()}
@@ -451,6 +454,7 @@ class Server:
         start: float,
         mode: str,
         fps: float | None = None,
+        convention: str = "raw",
     ) -> dict:
         sources = self.model.sources()
         if source not in sources:
@@ -487,12 +491,22 @@ class Server:
             "fps": fps if mode == "push" else None,
             "start": start,
             "num_channels": self._skeleton["num_channels"],
+            "convention": convention,
         }
+        convert = self._channel_map(convention)
         info = json.dumps(
-            {**fields, "skeleton": self._skeleton}, separators=(",", ":")
+            {**fields, "skeleton": convert.skeleton}, separators=(",", ":")
         ).encode()
         stream = _Stream(
-            stream_id, owner, mode, fields["fps"], start, poses, info, time.monotonic()
+            stream_id,
+            owner,
+            mode,
+            fields["fps"],
+            start,
+            poses,
+            info,
+            convert,
+            time.monotonic(),
         )
         with self._lock:
             self._streams[stream_id] = stream
@@ -506,6 +520,14 @@ class Server:
             f" at {fps:g} fps" if mode == "push" else "",
         )
         return fields
+
+    def _channel_map(self, convention: str) -> ChannelMap:
+        if convention not in self._maps:
+            sk = self.model.skeleton
+            self._maps[convention] = channel_map(
+                sk, self.model.spec.units_to_m, convention
+            )
+        return self._maps[convention]
 
     def _op_pull(
         self, owner: bytes, stream: int, times: list[float], continuous: bool
@@ -534,6 +556,7 @@ class Server:
             )
         target.frontier = max(target.frontier, float(times.max()))
         rows = target.poses.channels_at(times, continuous=continuous)  # (T, C)
+        rows = target.convert.apply(rows)
         values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C)
         fields = {
             "stream": stream,
@@ -615,6 +638,7 @@ class Server:
             # Principal angles: a frame is a function of its time alone, so streams
             # at different rates agree exactly where their times coincide.
             rows = stream.poses.channels_at(times, continuous=False)  # (count, C)
+            rows = stream.convert.apply(rows)
         except Exception:
             logger.exception(
                 "stream %d: the model failed at t = %.6f s; ending it",

@@ -97,6 +97,29 @@ class Skeleton:
         except ValueError:
             raise KeyError(f"joint {name!r} not in skeleton {self.names}") from None
 
+    def rig_difference(self, other: Skeleton) -> str | None:
+        """Why ``other`` is not the same rig, or None if it is.
+
+        Two skeletons are one rig when they have the same hierarchy and the same
+        channels on every joint; joint names may differ (exporters name fingers
+        or spine joints differently for one and the same rig), and are logged.
+        """
+        if self.num_joints != other.num_joints:
+            return f"{other.num_joints} joints vs {self.num_joints}"
+        if not np.array_equal(self.parents, other.parents):
+            j = int(np.argmax(self.parents != other.parents))
+            return f"joint {j} ({other.names[j]}) hangs from another parent"
+        for j, (a, b) in enumerate(zip(self.channels, other.channels)):
+            if a != b:
+                return f"joint {j} ({other.names[j]}) has channels {b} vs {a}"
+        renamed = [(a, b) for a, b in zip(self.names, other.names) if a != b]
+        if renamed:
+            logger.warning(
+                "same rig with other joint names: %s",
+                ", ".join(f"{b} as {a}" for a, b in renamed[:6]),
+            )
+        return None
+
     def with_rotation_order(self, order: str) -> Skeleton:
         """The same skeleton with every joint's rotation channels in ``order``."""
         order = check_order(order)

@@ -168,9 +168,11 @@ def build_spec(clips: list[Clip], units_to_m: float) -> FeatureSpec:
         raise ValueError("clips: expected at least one training clip, got none")
     sk = clips[0].skeleton
     for c in clips[1:]:
-        if c.skeleton.names != sk.names or c.skeleton.channels != sk.channels:
+        why = sk.rig_difference(c.skeleton)
+        if why is not None:
             raise ValueError(
-                f"clips: {c.source} has a different skeleton from {clips[0].source}"
+                f"clips: {c.source} has a different skeleton from "
+                f"{clips[0].source}: {why}"
             )
     motions = [c.motion for c in clips]
     root = _moving_root(sk, motions)

@@ -150,11 +150,10 @@ class MotionModel:
 
     def check_rig(self, clip: Clip) -> None:
         """Raise ValueError, naming the clip, unless it is this model's rig."""
-        sk = self.skeleton
-        if clip.skeleton.names != sk.names or clip.skeleton.channels != sk.channels:
+        why = self.skeleton.rig_difference(clip.skeleton)
+        if why is not None:
             raise ValueError(
-                f"{clip.source}: clip's rig differs from the model's "
-                f"({clip.skeleton.num_joints} joints vs {sk.num_joints})"
+                f"{clip.source}: clip's rig differs from the model's: {why}"
             )
 
     def add_seed(self, name: str, clip: Clip) -> None:

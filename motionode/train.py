@@ -142,11 +142,10 @@ class Trainer:
         if spec is not None:
             rig = spec.skel()
             for c in self.clips:
-                if c.skeleton.names != rig.names or c.skeleton.channels != rig.channels:
+                why = rig.rig_difference(c.skeleton)
+                if why is not None:
                     raise ValueError(
-                        f"{c.source}: clip's rig differs from the "
-                        f"checkpoint's ({c.skeleton.num_joints} joints "
-                        f"vs {rig.num_joints})"
+                        f"{c.source}: clip's rig differs from the checkpoint's: {why}"
                     )
         self.spec = spec or feat.build_spec(self.clips, config.units_to_m)
         self.model_config = model_config or ModelConfig(feature_dim=self.spec.dim)

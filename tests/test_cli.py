@@ -195,7 +195,8 @@ def test_listen_keeps_the_take_when_the_server_stops(tmp_path, capsys):
 def test_impossible_requests_exit_2_with_the_reason(tmp_path, capsys):
     other = tmp_path / "other_rig.bvh"
     text = (CLIPS / "dataset-1_walk_tired_001.bvh").read_text()
-    other.write_text(text.replace("Hips", "Pelvis"))
+    order = "Zrotation Xrotation Yrotation"
+    other.write_text(text.replace(order, "Xrotation Yrotation Zrotation", 1))
     cases = [
         (["eval", str(other)], "rig differs"),
         (["sample", "--out", str(tmp_path / "x.bvh"), "--fps", "1e9"], "frames"),

@@ -24,14 +24,8 @@ log = logging.getLogger("motionode")
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from motionode.train import (
-        TrainConfig,
-        Trainer,
-        find_clips,
-        load_training_clips,
-    )
+    from motionode.train import Distributed, find_clips
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,11 +33,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     held = [p for p in find_clips(args.clips) if p not in set(paths)]
     if not paths:
         raise SystemExit("train: no BVH clips found (after leaving out --holdout)")
-    print(f"training on {len(paths)} clips, holding out {len(held)}")
+    dist = Distributed.from_env()  # under torchrun: one of WORLD_SIZE processes
+    try:
+        return _train(args, paths, held, dist)
+    finally:
+        dist.close()
+
+
+def _train(args: argparse.Namespace, paths: list, held: list, dist) -> int:
+    from tqdm import tqdm
+
+    from motionode.train import TrainConfig, Trainer, load_training_clips
+
+    say = print if dist.leader else (lambda *a, **k: None)
+    say(f"training on {len(paths)} clips, holding out {len(held)}")
     clips = load_training_clips(paths)
     out = Path(args.out)
     if args.resume:
-        trainer = Trainer.resume(args.resume, clips, args.device, steps=args.steps)
+        trainer = Trainer.resume(
+            args.resume, clips, args.device, steps=args.steps, dist=dist
+        )
     else:
         config = TrainConfig(
             steps=args.steps or 4000,
@@ -53,14 +62,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
             units_to_m=args.units,
             licence=args.licence,
             checkpoint_every=args.checkpoint_every,
+            amp=not args.no_amp,
         )
-        trainer = Trainer(clips, config, device=args.device)
-    print(f"device {trainer.device}, {trainer.spec.dim} features per frame")
+        trainer = Trainer(clips, config, device=args.device, dist=dist)
+    where = f", {dist.world_size} processes" if dist.world_size > 1 else ""
+    amp = ", bfloat16 autocast" if trainer.amp_enabled else ""
+    say(f"device {trainer.device}{where}{amp}, {trainer.spec.dim} features per frame")
     bar = tqdm(
         total=trainer.config.steps,
         initial=trainer.step,
         unit="step",
         dynamic_ncols=True,
+        disable=not dist.leader,
     )
 
     def progress(step: int, terms: dict) -> None:
@@ -75,6 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ckpt = _training_checkpoint(out)
     last = trainer.train(ckpt, progress=progress, clip_names=[p.name for p in paths])
     bar.close()
+    if not dist.leader:
+        return 0
     windows = finalize_model(ckpt, clips, out, held_names)
     print(
         f"done: step {trainer.step}, loss {last.get('total', float('nan')):.4f}; "
@@ -537,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=250)
     t.add_argument("--resume", help="continue from this checkpoint")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in float32 on CUDA too (default: bfloat16 autocast there)",
+    )
     t.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's)")
     t.set_defaults(func=_cmd_train)
 

@@ -2,6 +2,11 @@
 
 Every step draws its batch from a generator seeded by (seed, step), so a run resumed
 from a checkpoint continues exactly as if it had never stopped.
+
+Started by ``torchrun`` (``WORLD_SIZE`` > 1), training is data-parallel with
+DistributedDataParallel: each process draws its own batch, seeded by (seed, step,
+rank), gradients are averaged across processes, and process 0 alone writes
+checkpoints. The same code runs on CPUs (gloo) and GPUs (NCCL), one or many nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,9 +29,19 @@ from motionode.checkpoint import load_checkpoint, save_checkpoint
 from motionode.model import LatentODEVAE, ModelConfig, kl_normal
 from motionode.torchpose import FeatureFK
 
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "find_clips", "load_training_clips", "pick_device"]
+__all__ = [
+    "Distributed",
+    "TrainConfig",
+    "Trainer",
+    "find_clips",
+    "load_training_clips",
+    "pick_device",
+]
 
 
 @dataclass
@@ -49,6 +65,7 @@ class TrainConfig:
     units_to_m: float = 0.01  # metres per rig length unit (0.01 for centimetres)
     licence: str = "unknown"  # licence of the training clips, kept in the model
     max_recoveries: int = 5  # non-finite steps in a row before giving up
+    amp: bool = True  # bfloat16 autocast of the network on CUDA (CPU: float32)
 
     def __post_init__(self) -> None:
         for name in (
@@ -94,6 +111,78 @@ def pick_device(name: str = "auto") -> torch.device:
         ) from exc
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a ``torchrun`` job (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def leader(self) -> bool:
+        """Process 0, the one that writes checkpoints and prints."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """Read torchrun's environment; join the process group if there is one.
+
+        Raises:
+            ValueError: torchrun's variables are malformed.
+        """
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+        except ValueError as exc:
+            raise ValueError(f"WORLD_SIZE, RANK, LOCAL_RANK: {exc}") from None
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(local)
+            dist.init_process_group(backend)
+        logger.info("process %d of %d (local %d)", rank, world, local)
+        return cls(rank, world, local)
+
+    def device(self, name: str) -> str:
+        """The device this process trains on: with CUDA, its own GPU."""
+        if (
+            self.world_size > 1
+            and name in ("auto", "cuda")
+            and torch.cuda.is_available()
+        ):
+            return f"cuda:{self.local_rank}"
+        return name
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True if ``flag`` is true in any process (every process must call)."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
 def find_clips(inputs: list[str], exclude: list[str] = ()) -> list[Path]:
     """BVH files named by ``inputs`` (files or folders, searched recursively), sorted,
     minus those whose file name matches an ``exclude`` glob pattern."""
@@ -135,9 +224,11 @@ class Trainer:
         model_config: ModelConfig | None = None,
         device: str = "auto",
         spec: feat.FeatureSpec | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.config = config
-        self.device = pick_device(device)
+        self.dist = dist or Distributed()
+        self.device = pick_device(self.dist.device(device))
         self.clips = [stride_clip(c, config.train_fps) for c in clips]
         if spec is not None:
             rig = spec.skel()
@@ -156,6 +247,15 @@ class Trainer:
             )
         torch.manual_seed(config.seed)
         self.model = LatentODEVAE(self.model_config).to(self.device)
+        self.net: LatentODEVAE | DistributedDataParallel = self.model
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Same seed, same initial weights everywhere; DDP also broadcasts them.
+            self.net = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
         self.fk = FeatureFK(self.spec).to(self.device)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.step = 0
@@ -177,9 +277,11 @@ class Trainer:
     # ------------------------------------------------------------------ batches
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        """The batch of ``step``: a pure function of (seed, step)."""
+        """The batch of ``step``: a pure function of (seed, step), and of the rank
+        in a multi-process run."""
         cfg = self.config
-        rng = np.random.default_rng([cfg.seed, step])
+        key = [cfg.seed, step] + ([self.dist.rank] if self.dist.world_size > 1 else [])
+        rng = np.random.default_rng(key)
         B, T, P = cfg.batch_size, cfg.obs_frames, cfg.pred_frames
         D = self.spec.dim
         obs = np.zeros((B, T, D), np.float32)
@@ -221,15 +323,20 @@ class Trainer:
         """Feature, joint-position and KL terms for one batch, and their total."""
         cfg = self.config
         gen = torch.Generator(device=self.device).manual_seed(
-            cfg.seed * 1_000_003 + step
+            cfg.seed * 1_000_003 + step + 7919 * self.dist.rank
         )
-        out = self.model(
-            batch["obs"],
-            batch["mask"],
-            batch["obs_times"],
-            batch["pred_times"],
-            generator=gen,
-        )
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.amp_enabled
+        ):
+            out = self.net(
+                batch["obs"],
+                batch["mask"],
+                batch["obs_times"],
+                batch["pred_times"],
+                generator=gen,
+            )
+        # Losses and forward kinematics in full precision.
+        out = {k: v.float() for k, v in out.items()}
         est = torch.cat([out["recon"], out["pred"]], dim=1)  # (B, T+P, D)
         ref = torch.cat([batch["obs"], batch["pred"]], dim=1)
         valid = torch.cat([batch["obs_valid"], batch["pred_valid"]], dim=1).float()
@@ -261,6 +368,15 @@ class Trainer:
             "vel_m_s": vel_loss,
             "kl": kl,
         }
+
+    @property
+    def amp_enabled(self) -> bool:
+        """bfloat16 autocast: asked for, and on a GPU that supports it."""
+        return (
+            self.config.amp
+            and self.device.type == "cuda"
+            and torch.cuda.is_bf16_supported()
+        )
 
     # ------------------------------------------------------------------ loop
 
@@ -295,17 +411,28 @@ class Trainer:
             for group in self.optim.param_groups:
                 group["lr"] = self._lr(self.step) * lr_scale
             try:
-                terms = self.losses(self.batch(self.step), self.step)
-                if not torch.isfinite(terms["total"]):
-                    raise FloatingPointError(f"loss is {terms['total'].item()}")
+                try:
+                    terms = self.losses(self.batch(self.step), self.step)
+                    problem = (
+                        None
+                        if torch.isfinite(terms["total"])
+                        else f"loss is {float(terms['total'].detach())}"
+                    )
+                except AssertionError as exc:  # torchdiffeq: step size underflow
+                    problem = f"solver: {exc}"
+                # Every process hears of a failure before any starts its backward
+                # pass, so all go back to the checkpoint together.
+                if self.dist.any(problem is not None, self.device):
+                    raise FloatingPointError(
+                        problem or "a step failed in another process"
+                    )
                 self.optim.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 3.0)
                 if not torch.isfinite(norm):
                     raise FloatingPointError("gradient is not finite")
                 self.optim.step()
-            except (FloatingPointError, AssertionError) as exc:
-                # AssertionError is how torchdiffeq reports step-size underflow.
+            except FloatingPointError as exc:
                 failures += 1
                 logger.error(
                     "step %d failed (%s); back to the last good checkpoint %s",
@@ -334,6 +461,7 @@ class Trainer:
 
     def metadata(self) -> dict:
         return {
+            "world_size": self.dist.world_size,
             "kind": "motionode-model",
             "model_config": self.model_config.to_dict(),
             "feature_spec": self.spec.to_dict(),
@@ -359,7 +487,10 @@ class Trainer:
                         tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(val)
         meta = self.metadata()
         meta.update(extra or {})
-        save_checkpoint(path, tensors, meta)
+        if self.dist.leader:
+            save_checkpoint(path, tensors, meta)
+        # Nobody reads the checkpoint back before it is complete on disk.
+        self.dist.barrier()
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Restore weights, optimiser state and step from a checkpoint of this run."""
@@ -388,6 +519,7 @@ class Trainer:
         clips: list[Clip],
         device: str = "auto",
         steps: int | None = None,
+        dist: Distributed | None = None,
     ) -> Trainer:
         """A trainer restored from ``path``, with the config and features it saved."""
         _, meta = load_checkpoint(path)
@@ -400,6 +532,7 @@ class Trainer:
             ModelConfig.from_dict(meta["model_config"]),
             device,
             feat.FeatureSpec.from_dict(meta["feature_spec"]),
+            dist,
         )
         trainer.load_state(path)
         return trainer

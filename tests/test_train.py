@@ -1,7 +1,11 @@
 """Latent-ODE VAE and its training loop, on a bundled real clip with a tiny config."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +15,7 @@ from motionode.model import LatentODEVAE, ModelConfig, odeint_grid
 from motionode.train import TrainConfig, Trainer
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+CLIPS = ASSETS / "clips"
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +172,62 @@ def test_encoder_ignores_frames_it_did_not_observe():
     torch.testing.assert_close(a[0], b[0])
     c = net.encode(obs, torch.ones_like(mask), times)
     assert not torch.allclose(a[0], c[0])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+        "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "motionode.cli", "train",
+        str(CLIPS), "--batch", "4", "--checkpoint-every", "2", "--threads", "1",
+        "--out", str(tmp_path / "m.safetensors"), *args,
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, check=False, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_torchrun_gloo_two_processes_train_resume_and_sample(tmp_path):
+    from motionode.generate import MotionModel
+
+    done = _torchrun(tmp_path, "--steps", "2")
+    assert "2 processes" in done.stdout
+    assert done.stdout.count("model written") == 1  # process 0 alone writes
+    ckpt = tmp_path / "m.ckpt.safetensors"
+    assert read_metadata(ckpt)["world_size"] == 2
+    assert read_metadata(ckpt)["step"] == 2
+
+    _torchrun(tmp_path, "--resume", str(ckpt), "--steps", "4")
+    assert read_metadata(ckpt)["step"] == 4
+    model = MotionModel.load(tmp_path / "m.safetensors")
+    clip = model.open("prior", seed=0).clip(1.0, 30.0)
+    assert clip.motion.shape == (31, model.skeleton.num_channels)
+    assert np.isfinite(clip.motion).all()
+
+
+def test_mixed_precision_is_for_cuda_only(clips):
+    assert TrainConfig().amp
+    assert not tiny_trainer(clips).amp_enabled  # CPU: float32 throughout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_with_bfloat16_autocast(clips, tmp_path):
+    cfg = TrainConfig(obs_frames=6, pred_frames=6, batch_size=8, steps=3)
+    trainer = Trainer(clips, cfg, device="cuda")
+    assert trainer.device.type == "cuda"
+    assert trainer.amp_enabled == torch.cuda.is_bf16_supported()
+    last = trainer.train(tmp_path / "gpu.safetensors")
+    assert np.isfinite(last["total"]) and trainer.step == 3

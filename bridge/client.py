@@ -51,6 +51,15 @@ class Frame(NamedTuple):
     channels: np.ndarray
 
 
+HEARTBEAT_MS = 1000  # ZeroMQ heartbeats: a server that vanished without closing
+HEARTBEAT_TIMEOUT_MS = 5000  # its connections is noticed, and reconnected to
+
+
+def _heartbeat(socket: zmq.Socket) -> None:
+    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+
+
 class AuthenticationError(ConnectionError):
     """The server refused the connection's security handshake: our CURVE key is
     not on its list, the server key is wrong, or only one side uses CURVE."""
@@ -119,6 +128,7 @@ class Client:
         socket = self._context.socket(zmq.DEALER)
         socket.linger = 0
         socket.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        _heartbeat(socket)
         if self.keys is not None:
             self.keys.secure(socket)
         self._close_monitor()
@@ -379,6 +389,7 @@ class ClientStream:
         self._next_seq: int | None = None
         self._socket = client._context.socket(zmq.SUB)
         self._socket.linger = 0
+        _heartbeat(self._socket)
         if client.keys is not None:
             client.keys.secure(self._socket)
         self._socket.connect(client.stream_endpoint)

@@ -46,6 +46,8 @@ MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve o
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
+HEARTBEAT_MS = 1000  # ZeroMQ heartbeat on both sockets: a vanished peer is noticed
+HEARTBEAT_TIMEOUT_MS = 5000  # and its connection dropped after this long
 BAD_INPUT_LOGS = 20  # malformed messages logged in full per minute; the rest counted
 
 
@@ -231,6 +233,9 @@ class Server:
         router.setsockopt(zmq.MAXMSGSIZE, proto.MAX_REQUEST_BYTES)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its id
         xpub.setsockopt(zmq.XPUB_MANUAL, 1)  # see _read_subscriptions
+        for socket in (router, xpub):
+            socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         xpub.setsockopt(zmq.MAXMSGSIZE, 1024)
         try:
             if self.keys is not None:

@@ -200,11 +200,13 @@ def find_clips(inputs: list[str], exclude: list[str] = ()) -> list[Path]:
 
 def stride_clip(clip: Clip, fps: float) -> Clip:
     """Keep every k-th frame so the rate is near ``fps`` (real frames, no
-    resampling)."""
+    resampling), counted back from the last frame, so a continuation of the
+    strided clip starts where the clip itself ends."""
     k = max(1, round(clip.fps / fps))
     if k == 1:
         return clip
-    return Clip(clip.skeleton, clip.motion[::k], clip.frame_time * k, clip.source)
+    first = (clip.num_frames - 1) % k
+    return Clip(clip.skeleton, clip.motion[first::k], clip.frame_time * k, clip.source)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Read speed of motionode's BVH reader on the largest shared clips, in MB/s.
 
-Other readers are timed too when they are installed (none is a dependency):
+motionode is timed as installed (with its compiled row parser when that was built)
+and with the numpy reader it falls back to without one. Other readers are timed too when they are installed (none is a dependency):
 
 - ``bvhio`` (``bvhio.readAsBvh``): also turns every key into a quaternion.
 - ``bvh`` (PyPI, ``bvh.Bvh``): keeps values as strings, so the time includes turning
@@ -12,12 +13,14 @@ Usage: python benchmarks/bench_bvh_read.py [--clips N] [--repeat R] [FILE ...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from motionode import bvh
 from motionode.bvh import read_bvh
 
 CLIPS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bvh"
@@ -25,6 +28,22 @@ CLIPS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bvh"
 
 def read_motionode(path: Path) -> np.ndarray:
     return read_bvh(path).motion
+
+
+def read_motionode_numpy(path: Path) -> np.ndarray:
+    with numpy_reader():
+        return read_bvh(path).motion
+
+
+@contextlib.contextmanager
+def numpy_reader():
+    """Read as motionode does when its compiled parser was not built."""
+    saved = bvh._bvhmotion, bvh._bvhmotion_missing
+    bvh._bvhmotion, bvh._bvhmotion_missing = None, None
+    try:
+        yield
+    finally:
+        bvh._bvhmotion, bvh._bvhmotion_missing = saved
 
 
 def read_bvhio(path: Path) -> int:
@@ -43,6 +62,10 @@ def read_pypi_bvh(path: Path) -> np.ndarray:
 
 def available() -> dict[str, Callable[[Path], object]]:
     readers: dict[str, Callable[[Path], object]] = {"motionode": read_motionode}
+    if bvh._bvhmotion is None:
+        print("motionode: compiled parser not built, timing the numpy reader")
+    else:
+        readers["motionode/numpy"] = read_motionode_numpy
     try:
         import bvhio  # noqa: F401
 
@@ -104,7 +127,7 @@ def main() -> None:
     for name, read in readers.items():
         seconds = sum(best_time(read, p, args.repeat) for p in files)
         speed[name] = total_mb / seconds
-        print(f"{name:12s} {seconds:8.3f} s  {speed[name]:8.1f} MB/s")
+        print(f"{name:16s} {seconds:8.3f} s  {speed[name]:8.1f} MB/s")
     for name, mb_per_s in speed.items():
         if name != "motionode":
             print(f"motionode / {name}: {speed['motionode'] / mb_per_s:.1f}x")

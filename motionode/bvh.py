@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,16 @@ from motionode.rotations import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The compiled row parser, built at install time when a C compiler is there; without
+# it motion rows go through numpy, several times slower.
+try:
+    from motionode import _bvhmotion
+except ImportError as exc:
+    _bvhmotion = None
+    _bvhmotion_missing: str | None = str(exc)
+else:
+    _bvhmotion_missing = None
 
 __all__ = ["BVHError", "Clip", "Skeleton", "parse_bvh", "read_bvh", "write_bvh"]
 
@@ -373,6 +384,7 @@ def read_bvh(path: str | os.PathLike) -> Clip:
 
 
 _TOKEN = re.compile(r"\S+")
+_HEAD_CHUNK = 1 << 16  # characters split into lines at first to find the header
 
 
 def parse_bvh(text: str, path: str = "<string>") -> Clip:
@@ -383,10 +395,44 @@ def parse_bvh(text: str, path: str = "<string>") -> Clip:
             text.count("\n", 0, text.index("\x00")) + 1,
             "expected text, got binary data (NUL byte)",
         )
-    lines = text.splitlines()
-    skeleton, line_no = _parse_hierarchy(lines, path)
-    motion, frame_time = _parse_motion(lines, line_no, skeleton, path)
-    return Clip(skeleton, motion, frame_time, path)
+    skeleton, header, start = _parse_head(text, path)
+    motion = _parse_motion(text, start, header, skeleton, path)
+    return Clip(skeleton, motion, header.frame_time, path)
+
+
+class _MotionHeader(NamedTuple):
+    """The Frames: and Frame Time: lines after MOTION."""
+
+    frames: int  # the count Frames: declares
+    frames_line: int  # line number of Frames:, for the warning when rows disagree
+    frame_time: float
+    first: int  # index of the line after Frame Time:, where rows may begin
+
+
+def _parse_head(text: str, path: str) -> tuple[Skeleton, _MotionHeader, int]:
+    """Parse up to the Frame Time line; also returns where the motion rows start.
+
+    Only a prefix is split into lines, since the rows are parsed straight from the
+    text. A prefix that parses cleanly would parse the same way in the whole text,
+    so on any error a longer prefix is tried, up to the whole text.
+    """
+    size = _HEAD_CHUNK
+    while True:
+        whole = size >= len(text)
+        chunk = text if whole else text[:size]
+        lines = chunk.splitlines()
+        if not whole:
+            lines.pop()  # the cut may fall inside the last line
+        try:
+            skeleton, motion_idx = _parse_hierarchy(lines, path)
+            header = _motion_header(lines, motion_idx, path)
+        except BVHError:
+            if whole:
+                raise
+            size *= 4
+            continue
+        start = sum(map(len, chunk.splitlines(keepends=True)[: header.first]))
+        return skeleton, header, start
 
 
 def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
@@ -571,9 +617,8 @@ def _is_count(tok: str) -> bool:
     return tok.isascii() and tok.isdigit()
 
 
-def _parse_motion(
-    lines: list[str], motion_idx: int, skeleton: Skeleton, path: str
-) -> tuple[np.ndarray, float]:
+def _motion_header(lines: list[str], motion_idx: int, path: str) -> _MotionHeader:
+    """Parse the Frames: and Frame Time: lines after MOTION."""
     value, idx = _header_value(lines, motion_idx + 1, "Frames:", path)
     if not _is_count(value):
         raise BVHError(
@@ -590,19 +635,23 @@ def _parse_motion(
         ) from None
     if not (math.isfinite(frame_time) and frame_time > 0):
         raise BVHError(path, idx + 1, f"expected a positive frame time, got {value!r}")
+    return _MotionHeader(declared, frames_line, frame_time, idx + 1)
 
-    first = idx + 1
-    data_lines = [i for i in range(first, len(lines)) if lines[i].strip()]
+
+def _parse_motion(
+    text: str, start: int, header: _MotionHeader, skeleton: Skeleton, path: str
+) -> np.ndarray:
+    """(F, C) float64 rows of ``text[start:]``, whose first line has index
+    ``header.first``."""
+    declared, frames_line, first = header.frames, header.frames_line, header.first
     num_channels = skeleton.num_channels
-    block = "\n".join(lines[i] for i in data_lines)
-    values = _fast_floats(block)
-    if (
-        values is None
-        or len(values) != len(data_lines) * num_channels
-        or any(len(lines[i].split()) != num_channels for i in data_lines)
-    ):
-        values = _slow_rows(lines, data_lines, num_channels, path)
-    motion = values.reshape(len(data_lines), num_channels)  # (F, C)
+    motion = None
+    if _bvhmotion is not None:
+        motion = _compiled_rows(text, start, first, num_channels, path)
+    elif _bvhmotion_missing is not None:
+        _log_missing_parser()
+    if motion is None:
+        motion = _python_rows(text[start:], first, num_channels, path)
 
     if num_channels == 0 and declared:
         motion = np.zeros((declared, 0))
@@ -617,12 +666,62 @@ def _parse_motion(
         f, c = np.argwhere(bad)[0]
         raise BVHError(
             path,
-            data_lines[f] + 1,
+            _row_lines(text[start:], first)[f],
             f"expected finite values, got "
             f"{motion[f, c]} in frame {f} channel {c} "
             f"({_channel_label(skeleton, c)})",
         )
-    return motion, frame_time
+    return motion
+
+
+def _compiled_rows(
+    text: str, start: int, first: int, width: int, path: str
+) -> np.ndarray | None:
+    """(F, C) rows from the compiled parser, or None where it leaves the text to
+    :func:`_python_rows` (anything beyond plain numbers, blanks and line ends)."""
+    if not text.isascii():
+        # It reads one byte per character; the rows themselves are nearly always
+        # ASCII even when a joint name is not.
+        text, start = text[start:], 0
+    values, rows, line, count = _bvhmotion.parse_rows(text, start, width)
+    if values is not None:
+        return np.frombuffer(values, dtype=np.float64).reshape(rows, width)  # (F, C)
+    if line >= 0:
+        raise _row_width_error(path, first + line + 1, width, count)
+    return None
+
+
+def _log_missing_parser() -> None:
+    """Say once per process why reading is slower than it could be."""
+    global _bvhmotion_missing
+    logger.warning(
+        "compiled BVH parser unavailable (%s); reading motion with numpy, "
+        "several times slower (reinstall motionode with a C compiler to build it)",
+        _bvhmotion_missing,
+    )
+    _bvhmotion_missing = None
+
+
+def _python_rows(tail: str, first: int, width: int, path: str) -> np.ndarray:
+    """(F, C) rows of ``tail``, whose first line has index ``first``, read with
+    numpy and, to find a bad line, with float(); the reference for the compiled
+    parser."""
+    lines = tail.splitlines()
+    data_lines = [i for i, s in enumerate(lines) if s.strip()]
+    block = "\n".join([lines[i] for i in data_lines])
+    values = _fast_floats(block)
+    if (
+        values is None
+        or len(values) != len(data_lines) * width
+        or any(len(lines[i].split()) != width for i in data_lines)
+    ):
+        values = _slow_rows(lines, data_lines, first, width, path)
+    return values.reshape(len(data_lines), width)  # (F, C)
+
+
+def _row_lines(tail: str, first: int) -> list[int]:
+    """File line number of each motion row in ``tail``."""
+    return [first + i + 1 for i, s in enumerate(tail.splitlines()) if s.strip()]
 
 
 def _fast_floats(block: str) -> np.ndarray | None:
@@ -639,27 +738,29 @@ def _fast_floats(block: str) -> np.ndarray | None:
 
 
 def _slow_rows(
-    lines: list[str], data_lines: list[int], width: int, path: str
+    lines: list[str], data_lines: list[int], first: int, width: int, path: str
 ) -> np.ndarray:
     """Parse row by row to find and name the first bad line."""
     rows = []
     for i in data_lines:
         toks = lines[i].split()
         if len(toks) != width:
-            what = "row cut short" if len(toks) < width else "too many values"
-            raise BVHError(
-                path,
-                i + 1,
-                f"expected {width} values per motion row, got {len(toks)} ({what})",
-            )
+            raise _row_width_error(path, first + i + 1, width, len(toks))
         try:
             rows.append([float(t) for t in toks])
         except ValueError:
             bad = next(t for t in toks if not _is_float(t))
             raise BVHError(
-                path, i + 1, f"expected a number, got {bad[:40]!r}"
+                path, first + i + 1, f"expected a number, got {bad[:40]!r}"
             ) from None
     return np.asarray(rows, dtype=np.float64).reshape(-1)
+
+
+def _row_width_error(path: str, line: int, width: int, count: int) -> BVHError:
+    what = "row cut short" if count < width else "too many values"
+    return BVHError(
+        path, line, f"expected {width} values per motion row, got {count} ({what})"
+    )
 
 
 def _channel_label(skeleton: Skeleton, column: int) -> str:

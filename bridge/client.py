@@ -22,7 +22,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Client", "ClientStream", "Frame", "StreamEnded"]
+__all__ = ["Client", "ClientStream", "Frame", "StreamEnded", "blend"]
+
+
+def blend(*parts: tuple[str, float] | tuple[str, float, int]) -> dict:
+    """A blended source for ``open`` or ``switch``, from (source, weight) or
+    (source, weight, seed) tuples; weights must sum to 1.
+
+    Example: ``blend(("clip:walk", 0.5), ("prior", 0.5, 3))``.
+    """
+    out = []
+    for part in parts:
+        item = {"source": part[0], "weight": part[1]}
+        if len(part) > 2:
+            item["seed"] = part[2]
+        out.append(item)
+    return {"blend": out}
 
 
 class Frame(NamedTuple):
@@ -215,12 +230,14 @@ class Client:
 
     def open_stream(
         self,
-        source: str = "prior",
+        source: str | dict = "prior",
         fps: float = 60.0,
         seed: int = 0,
         start: float = 0.0,
     ) -> ClientStream:
         """Open a push stream and subscribe to it; returns once its skeleton is in.
+
+        ``source`` is a name from :meth:`sources` or a blend (see :func:`blend`).
 
         Raises:
             TimeoutError: the skeleton did not arrive within ``timeout``.
@@ -239,7 +256,7 @@ class Client:
         self._streams.append(stream)
         return stream
 
-    def open_pull(self, source: str = "prior", seed: int = 0) -> int:
+    def open_pull(self, source: str | dict = "prior", seed: int = 0) -> int:
         """Open a pull stream; returns its id for :meth:`pull`."""
         return self.request("open", source=source, seed=seed, mode="pull")[0]["stream"]
 
@@ -267,6 +284,29 @@ class Client:
             )
         values = np.frombuffer(extra[0], dtype="<f4")  # (T * C,)
         return values.reshape(count, channels)  # (T, C)
+
+    def switch(
+        self, stream: int | ClientStream, source: str | dict, seed: int = 0
+    ) -> dict:
+        """Cross-fade a live stream into another source (a name or a blend).
+
+        Returns:
+            the reply: ``at``, the stream time at which the cross-fade starts (None
+            while the stream is paused), and ``motion_time``, the same instant in
+            motion time.
+        """
+        stream_id = stream.id if isinstance(stream, ClientStream) else stream
+        return self.request("switch", stream=stream_id, source=source, seed=seed)[0]
+
+    def set_speed(self, stream: int | ClientStream, speed: float) -> dict:
+        """Play a stream at ``speed`` (0 pauses, 1 is real time, at most 4).
+
+        Returns:
+            the reply: ``at``, the stream time from which the speed applies, and
+            ``motion_time`` there.
+        """
+        stream_id = stream.id if isinstance(stream, ClientStream) else stream
+        return self.request("speed", stream=stream_id, speed=speed)[0]
 
     def close_stream(self, stream: int | ClientStream) -> None:
         """Ask the server to close a stream (an id, or a :class:`ClientStream`)."""
@@ -305,7 +345,7 @@ class ClientStream:
         self.id: int = fields["stream"]
         self.fps: float = fields["fps"]
         self.start: float = fields["start"]
-        self.source: str = fields["source"]
+        self.source: str | dict = fields["source"]
         self.seed: int = fields["seed"]
         self.gaps = 0
         self.ended: str | None = None

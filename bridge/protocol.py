@@ -62,8 +62,21 @@ MAX_ID_CHARS = 64
 MAX_SOURCE_CHARS = 256
 MAX_SEED = 2**63 - 1
 MAX_STREAM_ID = 2**32 - 1
+MAX_BLEND = 8  # sources in one blend
+WEIGHT_TOLERANCE = 1e-6  # how far a blend's weights may sum from 1
+MAX_SPEED = 4.0  # motion seconds per stream second
 
-OPS = ("hello", "skeleton", "sources", "ping", "open", "pull", "close")
+OPS = (
+    "hello",
+    "skeleton",
+    "sources",
+    "ping",
+    "open",
+    "pull",
+    "close",
+    "switch",
+    "speed",
+)
 ERROR_CODES = {
     "bad_json": "the request is not a UTF-8 JSON object",
     "bad_frames": "the request has the wrong number of ZeroMQ frames",
@@ -129,19 +142,60 @@ def _finite(field: str, value: Any, expected: str) -> float:
     return number
 
 
-def _source(value: Any) -> str:
+def _source_name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_SOURCE_CHARS:
-        raise _bad("source", "a source name such as 'prior'", value)
+        raise _bad(field, "a source name such as 'prior'", value)
     return value
 
 
-def _seed(value: Any) -> int:
+def _source(value: Any) -> str | dict:
+    """A source name, or a blend: ``{"blend": [{"source", "weight", "seed"?}]}``."""
+    # e.g. {"blend": [{"source": "clip:walk", "weight": 0.5},
+    #                 {"source": "prior", "seed": 3, "weight": 0.5}]}
+    if not isinstance(value, dict):
+        return _source_name("source", value)
+    parts = value.get("blend")
+    if set(value) != {"blend"} or not isinstance(parts, list):
+        raise _bad("source", "a source name or {'blend': [...]}", value)
+    if not 2 <= len(parts) <= MAX_BLEND:
+        raise _bad("source.blend", f"a list of 2 to {MAX_BLEND} sources", parts)
+    blend = []
+    for i, part in enumerate(parts):
+        field = f"source.blend[{i}]"
+        if not isinstance(part, dict) or not {"source", "weight"} <= set(part):
+            raise _bad(field, "an object with 'source' and 'weight'", part)
+        unknown = sorted(set(part) - {"source", "weight", "seed"})
+        if unknown:
+            raise _bad(field, "only 'source', 'weight' and 'seed'", unknown)
+        weight = _finite(f"{field}.weight", part["weight"], "a number in (0, 1]")
+        if not 0 < weight <= 1:
+            raise _bad(f"{field}.weight", "a number in (0, 1]", part["weight"])
+        blend.append(
+            {
+                "source": _source_name(f"{field}.source", part["source"]),
+                "weight": weight,
+                "seed": _seed(part["seed"], f"{field}.seed")
+                if "seed" in part
+                else None,
+            }
+        )
+    total = math.fsum(part["weight"] for part in blend)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ProtocolError(
+            "bad_request",
+            f"source.blend: weights sum to {total:.9g}; expected 1 "
+            f"(within {WEIGHT_TOLERANCE:g})",
+        )
+    return {"blend": blend}
+
+
+def _seed(value: Any, field: str = "seed") -> int:
     if not (
         isinstance(value, int)
         and not isinstance(value, bool)
         and 0 <= value <= MAX_SEED
     ):
-        raise _bad("seed", f"an integer in [0, {MAX_SEED}]", value)
+        raise _bad(field, f"an integer in [0, {MAX_SEED}]", value)
     return value
 
 
@@ -174,6 +228,14 @@ def _flag(name: str) -> Callable[[Any], bool]:
         return value
 
     return check
+
+
+def _speed(value: Any) -> float:
+    expected = f"a number from 0 to {MAX_SPEED:g}"
+    speed = _finite("speed", value, expected)
+    if not 0 <= speed <= MAX_SPEED:
+        raise _bad("speed", expected, value)
+    return speed
 
 
 def _stream_id(value: Any) -> int:
@@ -213,12 +275,20 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     },
     "pull": {"stream": _stream_id, "times": _times, "continuous": _flag("continuous")},
     "close": {"stream": _stream_id},
+    "switch": {"stream": _stream_id, "source": _source, "seed": _seed},
+    "speed": {"stream": _stream_id, "speed": _speed},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "open": {"source": "prior", "seed": 0, "start": 0.0, "mode": "push"},
     "pull": {"continuous": True},
+    "switch": {"seed": 0},
 }
-_REQUIRED = {"pull": ("stream", "times"), "close": ("stream",)}
+_REQUIRED = {
+    "pull": ("stream", "times"),
+    "close": ("stream",),
+    "switch": ("stream", "source"),
+    "speed": ("stream", "speed"),
+}
 _ENVELOPE = ("v", "id", "op", "retry")
 
 

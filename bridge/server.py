@@ -8,8 +8,8 @@ Two threads, each owning one socket:
   every push stream's frames when they fall due on the server clock.
 
 They share only the table of open streams, under a lock. A stream's pose generator
-is used by one thread only: the stream thread for push streams, the control thread
-for pull streams.
+and timeline are used under that stream's own lock: the stream thread computes push
+frames with them, the control thread pulls, switches sources and changes speeds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import zmq
 
 from bridge import protocol as proto
 from bridge.protocol import ProtocolError
+from bridge.timeline import Timeline
 
 if TYPE_CHECKING:
     from typing import Self
@@ -96,9 +97,18 @@ class _Stream:
     next_seq: int = 0
     late: bool = False
     end: str | None = None
+    timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
+    # Held while the pose generator or the timeline is used: the stream thread
+    # computes a push stream's frames while the control thread may switch it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def time_of(self, seq: int) -> float:
         return self.start + seq / self.fps
+
+    def control_time(self) -> float:
+        """Stream time from which a control takes effect: the next frame's for a
+        push stream, the latest time asked for a pull stream."""
+        return self.frontier if self.mode == "pull" else self.time_of(self.next_seq)
 
 
 class Server:
@@ -369,20 +379,45 @@ class Server:
     def _op_ping(self, owner: bytes) -> dict:
         return {"clock": time.monotonic()}
 
+    def _model_source(self, source: str | dict, seed: int) -> str | list:
+        """A request's source as the model takes it: a name, or (source, seed,
+        weight) components, a component's seed defaulting to ``seed``."""
+        sources = self.model.sources()
+        names = (
+            [source]
+            if isinstance(source, str)
+            else [part["source"] for part in source["blend"]]
+        )
+        for name in names:
+            if name not in sources:
+                raise ProtocolError(
+                    "unknown_source", f"source: unknown {name!r}; known: {sources}"
+                )
+        if isinstance(source, str):
+            return source
+        return [
+            (part["source"], seed if part["seed"] is None else part["seed"], w)
+            for part in source["blend"]
+            for w in (part["weight"],)
+        ]
+
+    @staticmethod
+    def _echo_source(source: str | list) -> str | dict:
+        """A model source as replies show it: seeds filled in."""
+        if isinstance(source, str):
+            return source
+        return {"blend": [{"source": n, "seed": s, "weight": w} for n, s, w in source]}
+
     def _op_open(
         self,
         owner: bytes,
-        source: str,
+        source: str | dict,
         seed: int,
         start: float,
         mode: str,
         fps: float | None = None,
     ) -> dict:
-        sources = self.model.sources()
-        if source not in sources:
-            raise ProtocolError(
-                "unknown_source", f"source: unknown {source!r}; known: {sources}"
-            )
+        source = self._model_source(source, seed)
         with self._lock:
             live = sum(s.end is None for s in self._streams.values())
         if live >= self.max_streams:
@@ -399,7 +434,7 @@ class Server:
             "stream": stream_id,
             "topic": proto.topic(stream_id).decode(),
             "mode": mode,
-            "source": source,
+            "source": self._echo_source(source),
             "seed": seed,
             "fps": fps if mode == "push" else None,
             "start": start,
@@ -417,7 +452,7 @@ class Server:
             "stream %d opened by %s: %s, seed %d, %s%s",
             stream_id,
             proto.short_repr(owner),
-            source,
+            proto.short_repr(source),
             seed,
             mode,
             f" at {fps:g} fps" if mode == "push" else "",
@@ -439,18 +474,22 @@ class Server:
         # a second on a CPU) holds back every other client's replies meanwhile; a
         # worker thread per pull stream would remove the wait.
         times = np.asarray(times, dtype=np.float64)  # (T,)
-        # Poses are solved forward from 0: a far jump would hold the control thread
-        # for minutes, so a pull may reach only so far past what was asked before.
-        reach = target.frontier + proto.MAX_PULL_AHEAD
-        if times.max() > reach:
-            raise ProtocolError(
-                "bad_request",
-                f"times: {times.max():g} s is more than {proto.MAX_PULL_AHEAD:g} s "
-                f"past this stream's latest time ({target.frontier:g} s); "
-                "step forward in smaller jumps",
-            )
-        target.frontier = max(target.frontier, float(times.max()))
-        rows = target.poses.channels_at(times, continuous=continuous)  # (T, C)
+        with target.lock:
+            motion = target.timeline.motion(times)  # (T,)
+            # Poses are solved forward from 0: a far jump would hold the control
+            # thread for minutes, so a pull reaches only so far past the latest
+            # time asked (in motion time: fast playback costs more).
+            reach = target.timeline.motion(target.frontier)[0] + proto.MAX_PULL_AHEAD
+            if motion.max() > reach:
+                raise ProtocolError(
+                    "bad_request",
+                    f"times: {times.max():g} s is more than "
+                    f"{proto.MAX_PULL_AHEAD:g} s of motion past this stream's "
+                    f"latest time ({target.frontier:g} s); step forward in "
+                    "smaller jumps",
+                )
+            target.frontier = max(target.frontier, float(times.max()))
+            rows = target.poses.channels_at(motion, continuous=continuous)  # (T, C)
         values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C)
         fields = {
             "stream": stream,
@@ -463,6 +502,40 @@ class Server:
     def _op_close(self, owner: bytes, stream: int) -> dict:
         self._live(stream).end = "closed"
         return {"stream": stream}
+
+    def _op_switch(
+        self, owner: bytes, stream: int, source: str | dict, seed: int
+    ) -> dict:
+        target = self._live(stream)
+        source = self._model_source(source, seed)
+        with target.lock:
+            after = target.timeline.motion(target.control_time())[0]
+            motion = target.poses.switch(source, seed, float(after))
+            at = target.timeline.stream_time(motion)
+        logger.info(
+            "stream %d: switching to %s, seed %d, at motion time %.4f s",
+            stream,
+            proto.short_repr(source),
+            seed,
+            motion,
+        )
+        return {
+            "stream": stream,
+            "source": self._echo_source(source),
+            "seed": seed,
+            "at": at,
+            "motion_time": motion,
+        }
+
+    def _op_speed(self, owner: bytes, stream: int, speed: float) -> dict:
+        target = self._live(stream)
+        with target.lock:
+            at = target.control_time()
+            motion = target.timeline.set_speed(at, speed)
+            if target.mode != "pull":
+                target.timeline.forget_before(at)  # push frames never look back
+        logger.info("stream %d: speed %g from stream time %.4f s", stream, speed, at)
+        return {"stream": stream, "speed": speed, "at": at, "motion_time": motion}
 
     # ------------------------------------------------------------ stream thread
 
@@ -529,9 +602,11 @@ class Server:
         seqs = np.arange(stream.next_seq, stream.next_seq + count, dtype=np.float64)
         times = stream.start + seqs / stream.fps  # (count,), t = start + seq / fps
         try:
-            # Principal angles: a frame is a function of its time alone, so streams
-            # at different rates agree exactly where their times coincide.
-            rows = stream.poses.channels_at(times, continuous=False)  # (count, C)
+            with stream.lock:
+                motion = stream.timeline.motion(times)  # (count,)
+                # Principal angles: a frame is a function of its time alone, so
+                # streams at different rates agree exactly where times coincide.
+                rows = stream.poses.channels_at(motion, continuous=False)  # (count, C)
         except Exception:
             logger.exception(
                 "stream %d: the model failed at t = %.6f s; ending it",

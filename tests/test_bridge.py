@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 import shutil
@@ -17,7 +18,7 @@ import pytest
 import zmq
 
 from bridge import protocol as proto
-from bridge.client import Client, StreamEnded
+from bridge.client import Client, StreamEnded, blend
 from bridge.protocol import ProtocolError
 from bridge.server import Server, check_endpoint
 from motionode.bvh import Skeleton, parse_bvh
@@ -56,11 +57,23 @@ class FakeStream:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.switches: list[tuple[float, int]] = []  # (time, seed) from then on
+        self.latest = 0.0
 
     def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
         t = np.asarray(times, dtype=np.float64).reshape(-1, 1)  # (T, 1)
-        angles = t * 50.0 * np.arange(1, 10) + self.seed  # (T, 9)
+        seed = np.full_like(t, self.seed)
+        for at, new in self.switches:
+            seed[t >= at] = new
+        self.latest = max(self.latest, float(t.max(initial=0.0)))
+        angles = t * 50.0 * np.arange(1, 10) + seed  # (T, 9)
         return angles if continuous else (angles + 180.0) % 360.0 - 180.0
+
+    def switch(self, source, seed: int, at: float) -> float:
+        """Like PoseStream.switch: from the next 1/30 s step after what was asked."""
+        at = max(math.ceil(at * 30 - 1e-9), math.floor(self.latest * 30) + 1) / 30
+        self.switches.append((at, seed))
+        return at
 
 
 class FakeModel:
@@ -74,8 +87,9 @@ class FakeModel:
     def sources(self) -> list[str]:
         return ["prior", "clip:walk"]
 
-    def open(self, source: str = "prior", seed: int = 0) -> FakeStream:
-        if source not in self.sources():
+    def open(self, source="prior", seed: int = 0) -> FakeStream:
+        names = [source] if isinstance(source, str) else [p[0] for p in source]
+        if any(name not in self.sources() for name in names):
             raise ValueError(f"source: unknown {source!r}")
         return FakeStream(seed)
 
@@ -580,3 +594,121 @@ def test_stale_reply_is_never_taken_for_a_new_one(zctx):
     assert second == [222.0]
     c.close()
     slow.close()
+
+
+# ---------------------------------------------------------------- stream controls
+
+
+def test_switch_changes_a_live_stream_from_the_next_frame_on(client):
+    stream = client.open_stream(fps=60, seed=1)
+    before = collect(stream, 10)
+    reply = client.switch(stream, "clip:walk", seed=7)
+    assert reply["source"] == "clip:walk" and reply["seed"] == 7
+    assert reply["at"] == reply["motion_time"]  # speed 1: the two clocks agree
+    frames = before + collect(stream, 30)
+    assert reply["at"] > before[-1].t and reply["at"] < frames[-1].t
+    assert [f.seq for f in frames] == list(range(40)) and stream.gaps == 0
+    for f in frames:
+        seed = 7 if f.t >= reply["at"] else 1
+        expected = FakeStream(seed).channels_at([f.t], continuous=False)[0]
+        np.testing.assert_array_equal(f.channels, expected.astype(np.float32))
+
+
+def test_speed_scales_motion_time_and_keeps_stream_time(client):
+    stream = client.open_stream(fps=100, seed=2)
+    collect(stream, 5)
+    paused = client.set_speed(stream, 0)
+    frames = collect(stream, 20)
+    fast = client.set_speed(stream, 2.0)
+    frames += collect(stream, 20)
+    assert paused["at"] == paused["motion_time"] and fast["at"] > paused["at"]
+    assert fast["motion_time"] == paused["motion_time"]  # nothing moved meanwhile
+    for f in frames:
+        assert f.t == f.seq / 100  # stream time keeps the wall clock's pace
+        if f.t < fast["at"]:
+            motion = paused["motion_time"]
+        else:
+            motion = fast["motion_time"] + 2.0 * (f.t - fast["at"])
+        expected = FakeStream(2).channels_at([motion], continuous=False)[0]
+        np.testing.assert_allclose(f.channels, expected, atol=1e-3)
+
+
+def test_pull_streams_map_times_through_their_speed(client):
+    pid = client.open_pull(seed=3)
+    client.pull(pid, [1.0])  # speed changes apply from the latest time asked
+    reply = client.set_speed(pid, 0.5)
+    assert (reply["at"], reply["motion_time"]) == (1.0, 1.0)
+    rows = client.pull(pid, [0.5, 1.0, 3.0])
+    expected = FakeStream(3).channels_at([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(rows, expected, atol=1e-4)
+    switched = client.switch(pid, "prior", seed=9)
+    assert switched["at"] > 3.0  # after everything already pulled
+    assert switched["motion_time"] == pytest.approx(2.0 + 0.5 * (switched["at"] - 3.0))
+
+
+def test_blend_source_opens_and_echoes_its_seeds(client):
+    source = blend(("clip:walk", 0.25), ("prior", 0.75, 3))
+    stream = client.open_stream(source, fps=30, seed=5)
+    assert stream.source == {
+        "blend": [
+            {"source": "clip:walk", "seed": 5, "weight": 0.25},
+            {"source": "prior", "seed": 3, "weight": 0.75},
+        ]
+    }
+    assert stream.info["source"] == stream.source
+    assert stream.recv(2.0).seq == 0
+    reply = client.switch(stream, blend(("prior", 0.5), ("prior", 0.5, 1)))
+    assert reply["source"]["blend"][0]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "op, fields, code, words",
+    [
+        ("speed", {"speed": -0.5}, "bad_request", "speed: expected a number from 0"),
+        ("speed", {"speed": 4.5}, "bad_request", "got 4.5"),
+        ("speed", {"speed": "fast"}, "bad_request", "speed"),
+        ("speed", {}, "bad_request", "missing field(s) ['speed']"),
+        ("switch", {"source": "clip:nope"}, "unknown_source", "clip:nope"),
+        ("switch", {"source": 5}, "bad_request", "source"),
+        ("switch", {}, "bad_request", "missing field(s) ['source']"),
+        (
+            "switch",
+            {"source": blend(("prior", 0.5), ("clip:walk", 0.4))},
+            "bad_request",
+            "weights sum to 0.9",
+        ),
+        (
+            "switch",
+            {"source": blend(("prior", 1.0))},
+            "bad_request",
+            "source.blend: expected a list of 2 to 8",
+        ),
+        (
+            "switch",
+            {"source": blend(("prior", 1.5), ("prior", -0.5))},
+            "bad_request",
+            "source.blend[0].weight",
+        ),
+        (
+            "switch",
+            {"source": {"blend": [{"source": "prior", "weight": 0.5, "x": 1}] * 2}},
+            "bad_request",
+            "source.blend[0]: expected only",
+        ),
+        (
+            "switch",
+            {"source": blend(("prior", 0.5), ("clip:nope", 0.5))},
+            "unknown_source",
+            "clip:nope",
+        ),
+        ("switch", {"source": {"mix": []}}, "bad_request", "source"),
+    ],
+)
+def test_stream_controls_reject_bad_fields(client, op, fields, code, words):
+    stream = client.open_pull()
+    with pytest.raises(ProtocolError) as exc:
+        client.request(op, stream=stream, **fields)
+    assert exc.value.code == code and words in exc.value.message
+    good = {"speed": {"speed": 1.0}, "switch": {"source": "prior"}}[op]
+    with pytest.raises(ProtocolError, match="unknown_stream"):
+        client.request(op, stream=stream + 1, **good)

@@ -48,12 +48,15 @@ class Frame(NamedTuple):
         t: stream time in seconds, ``start + seq / fps``.
         sent: server clock in seconds when it was sent (see ``Client.clock_offset``).
         channels: (C,) float32 BVH channel values of the stream's skeleton.
+        velocities: (C,) float32 their time derivatives per second of stream time,
+            for a stream opened with ``velocities``; else None.
     """
 
     seq: int
     t: float
     sent: float
     channels: np.ndarray
+    velocities: np.ndarray | None = None
 
 
 class StreamEnded(Exception):
@@ -234,16 +237,25 @@ class Client:
         fps: float = 60.0,
         seed: int = 0,
         start: float = 0.0,
+        velocities: bool = False,
     ) -> ClientStream:
         """Open a push stream and subscribe to it; returns once its skeleton is in.
 
         ``source`` is a name from :meth:`sources` or a blend (see :func:`blend`).
+        With ``velocities`` every frame also carries the channels' exact time
+        derivatives (``Frame.velocities``).
 
         Raises:
             TimeoutError: the skeleton did not arrive within ``timeout``.
         """
         fields = self.request(
-            "open", source=source, fps=fps, seed=seed, start=start, mode="push"
+            "open",
+            source=source,
+            fps=fps,
+            seed=seed,
+            start=start,
+            mode="push",
+            **({"velocities": True} if velocities else {}),
         )[0]
         if self.stream_endpoint is None or self._lease is None:
             endpoint = self.hello()["stream_endpoint"]
@@ -256,14 +268,21 @@ class Client:
         self._streams.append(stream)
         return stream
 
-    def open_pull(self, source: str | dict = "prior", seed: int = 0) -> int:
-        """Open a pull stream; returns its id for :meth:`pull`."""
-        return self.request("open", source=source, seed=seed, mode="pull")[0]["stream"]
+    def open_pull(
+        self, source: str | dict = "prior", seed: int = 0, velocities: bool = False
+    ) -> int:
+        """Open a pull stream; returns its id for :meth:`pull`. With
+        ``velocities`` its pulls return each row's time derivatives too."""
+        extra = {"velocities": True} if velocities else {}
+        reply = self.request("open", source=source, seed=seed, mode="pull", **extra)
+        return reply[0]["stream"]
 
     def pull(
         self, stream_id: int, times: np.ndarray | list[float], continuous: bool = True
     ) -> np.ndarray:
-        """Poses (T, C) float32 of a pull stream at ``times`` (T,) seconds, >= 0.
+        """Poses (T, C) float32 of a pull stream at ``times`` (T,) seconds, >= 0;
+        (T, 2C) for a stream opened with ``velocities``: each row's C values, then
+        their C time derivatives per second of stream time.
 
         Args:
             times: 1 to ``MAX_PULL_TIMES`` stream times, in any order.
@@ -276,6 +295,8 @@ class Client:
             "pull", stream=stream_id, times=times.tolist(), continuous=continuous
         )
         count, channels = fields["count"], fields["channels"]
+        if fields.get("velocities"):
+            channels *= 2
         if len(extra) != 1 or len(extra[0]) != count * channels * 4:
             raise ProtocolError(
                 "bad_reply",
@@ -415,7 +436,13 @@ class ClientStream:
                     )
                     self.gaps += max(0, message.seq - self._next_seq)
                 self._next_seq = message.seq + 1
-                return Frame(message.seq, message.t, message.sent, message.channels)
+                return Frame(
+                    message.seq,
+                    message.t,
+                    message.sent,
+                    message.channels,
+                    message.velocities,
+                )
         raise StreamEnded(self.id, self.ended)
 
     def frames(self, timeout: float = 1.0) -> Iterator[Frame]:

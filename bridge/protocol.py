@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ERROR_CODES",
+    "FLAG_VELOCITIES",
     "HEADER",
     "KIND_END",
     "KIND_FRAME",
@@ -52,6 +53,9 @@ KINDS = {KIND_SKELETON: "skeleton", KIND_FRAME: "frame", KIND_END: "end"}
 # magic, version, kind, flags, stream id, seq, stream time, send time, count
 HEADER = struct.Struct("<4sBBHIQddI")
 TOPIC_SIZE = 9  # eight lowercase hex digits of the stream id, then "|"
+# Frame flags (the header's layout field): bit 0 says the C channel values are
+# followed by their C time derivatives.
+FLAG_VELOCITIES = 0x0001
 
 MAX_REQUEST_BYTES = 65536  # larger control messages are cut off by ZeroMQ itself
 MAX_FPS = 1000.0
@@ -272,6 +276,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "fps": _fps,
         "start": _start,
         "mode": _mode,
+        "velocities": _flag("velocities"),
     },
     "pull": {"stream": _stream_id, "times": _times, "continuous": _flag("continuous")},
     "close": {"stream": _stream_id},
@@ -279,7 +284,13 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "speed": {"stream": _stream_id, "speed": _speed},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "open": {"source": "prior", "seed": 0, "start": 0.0, "mode": "push"},
+    "open": {
+        "source": "prior",
+        "seed": 0,
+        "start": 0.0,
+        "mode": "push",
+        "velocities": False,
+    },
     "pull": {"continuous": True},
     "switch": {"seed": 0},
 }
@@ -454,6 +465,9 @@ class StreamMessage:
         sent: server clock in seconds when the message was sent.
         channels: (C,) float32 channel values, frames only.
         info: the JSON payload of skeleton and end messages.
+        velocities: (C,) float32 time derivatives of ``channels`` per second of
+            stream time, in frames whose flags include ``FLAG_VELOCITIES``.
+        flags: the header's flags.
     """
 
     kind: int
@@ -463,21 +477,42 @@ class StreamMessage:
     sent: float
     channels: np.ndarray | None = None
     info: dict | None = None
+    velocities: np.ndarray | None = None
+    flags: int = 0
 
 
 def _encode(
-    kind: int, stream: int, seq: int, t: float, sent: float, payload: bytes, count: int
+    kind: int,
+    stream: int,
+    seq: int,
+    t: float,
+    sent: float,
+    payload: bytes,
+    count: int,
+    flags: int = 0,
 ) -> bytes:
-    header = HEADER.pack(MAGIC, VERSION, kind, 0, stream, seq, t, sent, count)
+    header = HEADER.pack(MAGIC, VERSION, kind, flags, stream, seq, t, sent, count)
     return topic(stream) + header + payload
 
 
 def encode_frame(
-    stream: int, seq: int, t: float, sent: float, channels: np.ndarray
+    stream: int,
+    seq: int,
+    t: float,
+    sent: float,
+    channels: np.ndarray,
+    velocities: np.ndarray | None = None,
 ) -> bytes:
-    """A frame message; ``channels`` (C,) is sent as little-endian float32."""
-    values = np.ascontiguousarray(channels, dtype="<f4").reshape(-1)  # (C,)
-    return _encode(KIND_FRAME, stream, seq, t, sent, values.tobytes(), values.size)
+    """A frame message; ``channels`` (C,) is sent as little-endian float32, then
+    ``velocities`` (C,), if given, with ``FLAG_VELOCITIES`` set."""
+    flags = 0
+    if velocities is not None:
+        channels = np.concatenate([np.ravel(channels), np.ravel(velocities)])
+        flags = FLAG_VELOCITIES
+    values = np.ascontiguousarray(channels, dtype="<f4").reshape(-1)  # (C,) or (2C,)
+    return _encode(
+        KIND_FRAME, stream, seq, t, sent, values.tobytes(), values.size, flags
+    )
 
 
 def _encode_json(
@@ -507,7 +542,7 @@ def decode_stream_message(data: bytes) -> StreamMessage:
         raise ProtocolError(
             "bad_message", f"expected at least {start} bytes, got {len(data)}"
         )
-    magic, version, kind, _, stream, seq, t, sent, count = HEADER.unpack_from(
+    magic, version, kind, flags, stream, seq, t, sent, count = HEADER.unpack_from(
         data, TOPIC_SIZE
     )
     if magic != MAGIC or version != VERSION or kind not in KINDS:
@@ -530,8 +565,25 @@ def decode_stream_message(data: bytes) -> StreamMessage:
         )
 
     if kind == KIND_FRAME:
-        channels = np.frombuffer(data, dtype="<f4", count=count, offset=start)
-        return StreamMessage(kind, stream, seq, t, sent, channels=channels)
+        values = np.frombuffer(data, dtype="<f4", count=count, offset=start)
+        if not flags & FLAG_VELOCITIES:
+            return StreamMessage(kind, stream, seq, t, sent, channels=values)
+        if count % 2:
+            raise ProtocolError(
+                "bad_message",
+                f"frame: count {count} is odd, but the flags say values and velocities",
+            )
+        half = count // 2
+        return StreamMessage(
+            kind,
+            stream,
+            seq,
+            t,
+            sent,
+            channels=values[:half],
+            velocities=values[half:],
+            flags=flags,
+        )
     try:
         info = json.loads(data[start:].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

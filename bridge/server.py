@@ -97,6 +97,7 @@ class _Stream:
     next_seq: int = 0
     late: bool = False
     end: str | None = None
+    velocities: bool = False  # frames and pulls carry channel derivatives too
     timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
     # Held while the pose generator or the timeline is used: the stream thread
     # computes a push stream's frames while the control thread may switch it.
@@ -104,6 +105,18 @@ class _Stream:
 
     def time_of(self, seq: int) -> float:
         return self.start + seq / self.fps
+
+    def rows(self, times: np.ndarray, continuous: bool) -> np.ndarray:
+        """Channel rows (T, C) at stream times (T,), or (T, 2C) with their
+        derivatives per second of stream time (the motion's times the speed);
+        call with ``lock`` held."""
+        motion = self.timeline.motion(times)  # (T,)
+        if not self.velocities:
+            return self.poses.channels_at(motion, continuous=continuous)  # (T, C)
+        rows = self.poses.channels_at(motion, continuous, velocities=True)  # (T, 2C)
+        half = rows.shape[1] // 2
+        rows[:, half:] *= self.timeline.speeds(times)[:, None]
+        return rows
 
     def control_time(self) -> float:
         """Stream time from which a control takes effect: the next frame's for a
@@ -415,6 +428,7 @@ class Server:
         seed: int,
         start: float,
         mode: str,
+        velocities: bool,
         fps: float | None = None,
     ) -> dict:
         source = self._model_source(source, seed)
@@ -439,6 +453,7 @@ class Server:
             "fps": fps if mode == "push" else None,
             "start": start,
             "num_channels": self._skeleton["num_channels"],
+            "velocities": velocities,
         }
         info = json.dumps(
             {**fields, "skeleton": self._skeleton}, separators=(",", ":")
@@ -446,6 +461,7 @@ class Server:
         stream = _Stream(
             stream_id, owner, mode, fields["fps"], start, poses, info, time.monotonic()
         )
+        stream.velocities = velocities
         with self._lock:
             self._streams[stream_id] = stream
         logger.info(
@@ -489,13 +505,14 @@ class Server:
                     "smaller jumps",
                 )
             target.frontier = max(target.frontier, float(times.max()))
-            rows = target.poses.channels_at(motion, continuous=continuous)  # (T, C)
-        values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C)
+            rows = target.rows(times, continuous)  # (T, C) or (T, 2C)
+        values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C) or (T, 2C)
         fields = {
             "stream": stream,
             "count": values.shape[0],
-            "channels": values.shape[1],
+            "channels": self._skeleton["num_channels"],
             "dtype": "<f4",
+            "velocities": target.velocities,
         }
         return fields, [values.tobytes()]
 
@@ -603,10 +620,9 @@ class Server:
         times = stream.start + seqs / stream.fps  # (count,), t = start + seq / fps
         try:
             with stream.lock:
-                motion = stream.timeline.motion(times)  # (count,)
                 # Principal angles: a frame is a function of its time alone, so
                 # streams at different rates agree exactly where times coincide.
-                rows = stream.poses.channels_at(motion, continuous=False)  # (count, C)
+                rows = stream.rows(times, continuous=False)  # (count, C) or 2C
         except Exception:
             logger.exception(
                 "stream %d: the model failed at t = %.6f s; ending it",
@@ -615,13 +631,15 @@ class Server:
             )
             stream.end = "error"
             return
+        half = self._skeleton["num_channels"]
         for i in range(count):
             message = proto.encode_frame(
                 stream.id,
                 stream.next_seq + i,
                 float(times[i]),
                 time.monotonic(),
-                rows[i],
+                rows[i, :half],
+                rows[i, half:] if stream.velocities else None,
             )
             xpub.send(message, zmq.NOBLOCK)
         logger.debug(

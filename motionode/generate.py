@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from motionode import features as feat
-from motionode.bvh import Clip, Skeleton, read_bvh
+from motionode.bvh import ROTATION_CHANNELS, Clip, Skeleton, read_bvh
 from motionode.checkpoint import load_checkpoint, save_checkpoint
 from motionode.model import LatentODEVAE, ModelConfig, odeint_grid
+from motionode.torchpose import FeatureChannels
 from motionode.train import stride_clip
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class MotionModel:
         self.obs_frames = int(metadata.get("train_config", {}).get("obs_frames", 30))
         self._mean = torch.tensor(spec.mean, dtype=torch.float64, device=self.device)
         self._std = torch.tensor(spec.std, dtype=torch.float64, device=self.device)
+        self._feature_channels: FeatureChannels | None = None
         self.seeds: dict[str, Clip] = {}
         for name, clip in (seeds or {}).items():
             self.add_seed(name, clip)
@@ -297,6 +299,12 @@ class MotionModel:
         )
 
     # ------------------------------------------------------------ model pieces
+
+    def feature_channels(self) -> FeatureChannels:
+        """Features to channel rows in torch, built once."""
+        if self._feature_channels is None:
+            self._feature_channels = FeatureChannels(self.spec)
+        return self._feature_channels
 
     def decode_norm(self, z: torch.Tensor) -> torch.Tensor:
         return self.net.decoder(z)
@@ -511,7 +519,9 @@ class PoseStream:
         return step / self.rate
 
     def _fade(self, tau: torch.Tensor) -> torch.Tensor:
-        return self.model.net.fade(tau)
+        # The network's fade of |tau|, written for tau >= 0 so that its derivative
+        # at a segment's start is the one-sided one the motion has.
+        return torch.exp(-tau / self.model.net.config.anchor_tau)
 
     def _weight(self, tau: torch.Tensor) -> torch.Tensor:
         """Weight of the previous segment's motion: 1 at the start, 0 after the
@@ -612,14 +622,78 @@ class PoseStream:
             roots[i] = y[2 * self.latent :].cpu().numpy()
         return poses, roots
 
-    def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
+    def _velocity(self, seg: _Segment, tau: float, y: torch.Tensor) -> torch.Tensor:
+        """Time derivative (C,) of the principal channel row at segment time tau.
+
+        One forward-mode Jacobian-vector product through decoder, cross-fade and
+        channel decoding, with the state's tangent its ODE derivative dy/dt and
+        segment time's tangent 1 (the offsets' fade and the blend weight depend on
+        it directly).
+        """
+        m, L = self.model, self.latent
+        decode = m.feature_channels()
+
+        def channels(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            pose = m.denormalize(self._pose(seg, tau, y))  # (D,)
+            return decode(pose, y[2 * L :])  # (C,)
+
+        tau_t = torch.tensor(tau, dtype=torch.float64, device=y.device)
+        dy = self._field(seg)(tau_t, y)  # (2L + 3,)
+        _, rate = torch.func.jvp(channels, (tau_t, y), (torch.ones_like(tau_t), dy))
+        return rate
+
+    def velocities_at(self, times: np.ndarray) -> np.ndarray:
+        """Exact time derivatives (T, C) of ``channels_at(times, continuous=False)``,
+        in channel units per second (degrees or rig units).
+
+        They come from the ODE (dz/dt of the dynamics, and the root's velocity and
+        turn rate) carried through the decoder by a Jacobian-vector product, not
+        from differences of poses. At gimbal lock (a middle angle of +-90 degrees)
+        the Euler angles, and so their derivatives, are not defined.
+        """
+        times = self._check_times(times)
+        rates = np.zeros((len(times), self.skeleton.num_channels))
+        for i in np.argsort(times, kind="stable"):
+            with torch.no_grad():
+                seg, tau, y = self._state_at(float(times[i]))
+            rates[i] = self._velocity(seg, tau, y).detach().cpu().numpy()
+        return rates
+
+    def _flip_alternates(
+        self, unwrapped: np.ndarray, principal: np.ndarray, rates: np.ndarray
+    ) -> None:
+        """Negate middle-angle rates (T, C) where unwrapping chose a joint's other
+        Euler triple (a + 180, 180 - b, c + 180), whose middle angle runs backwards."""
+        sk = self.skeleton
+        starts = sk.channel_starts()
+        for j, names in enumerate(sk.channels):
+            rot = [k for k, n in enumerate(names) if n in ROTATION_CHANNELS]
+            if len(rot) != 3:
+                continue
+            first, middle = starts[j] + rot[0], starts[j] + rot[1]
+            turn = (unwrapped[:, first] - principal[:, first] + 180.0) % 360.0 - 180.0
+            rates[np.abs(turn) > 90.0, middle] *= -1.0
+
+    def channels_at(
+        self, times: np.ndarray, continuous: bool = True, velocities: bool = False
+    ) -> np.ndarray:
         """BVH channel rows (T, C) of the model's rig at ``times`` (seconds).
 
         With ``continuous``, Euler angles are unwrapped across the asked times in
         time order (no 360-degree jumps: what a clip wants). Without it, every row
         holds the principal angles of its rotations alone, so a row is a function of
         its time only, whatever else was asked (what a live stream wants).
+
+        With ``velocities``, each row (T, 2C) also holds, after its C values, their
+        exact time derivatives per second (see :meth:`velocities_at`).
         """
+        if velocities:
+            rows = self.channels_at(times, continuous)  # (T, C)
+            rates = self.velocities_at(times)  # (T, C)
+            if continuous and len(rows):
+                principal = self.channels_at(times, continuous=False)
+                self._flip_alternates(rows, principal, rates)
+            return np.concatenate([rows, rates], axis=1)  # (T, 2C)
         poses, roots = self.states(times)
         if len(poses) == 0:
             return np.zeros((0, self.skeleton.num_channels))

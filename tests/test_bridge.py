@@ -60,14 +60,20 @@ class FakeStream:
         self.switches: list[tuple[float, int]] = []  # (time, seed) from then on
         self.latest = 0.0
 
-    def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
+    def channels_at(
+        self, times: np.ndarray, continuous: bool = True, velocities: bool = False
+    ) -> np.ndarray:
         t = np.asarray(times, dtype=np.float64).reshape(-1, 1)  # (T, 1)
         seed = np.full_like(t, self.seed)
         for at, new in self.switches:
             seed[t >= at] = new
         self.latest = max(self.latest, float(t.max(initial=0.0)))
         angles = t * 50.0 * np.arange(1, 10) + seed  # (T, 9)
-        return angles if continuous else (angles + 180.0) % 360.0 - 180.0
+        rows = angles if continuous else (angles + 180.0) % 360.0 - 180.0
+        if velocities:
+            rates = np.broadcast_to(50.0 * np.arange(1, 10), rows.shape)
+            rows = np.concatenate([rows, rates], axis=1)  # (T, 18)
+        return rows
 
     def switch(self, source, seed: int, at: float) -> float:
         """Like PoseStream.switch: from the next 1/30 s step after what was asked."""
@@ -712,3 +718,48 @@ def test_stream_controls_reject_bad_fields(client, op, fields, code, words):
     good = {"speed": {"speed": 1.0}, "switch": {"source": "prior"}}[op]
     with pytest.raises(ProtocolError, match="unknown_stream"):
         client.request(op, stream=stream + 1, **good)
+
+
+def test_velocities_ride_in_frames_and_pulls_scaled_by_speed(client):
+    stream = client.open_stream(fps=50, velocities=True)
+    assert stream.info["velocities"] is True
+    rates = (50.0 * np.arange(1, 10)).astype(np.float32)
+    first = stream.recv(2.0)
+    np.testing.assert_array_equal(first.velocities, rates)
+    assert first.channels.shape == (9,)
+    reply = client.set_speed(stream, 0.5)
+    later = [f for f in collect(stream, 10) if f.t >= reply["at"]]
+    assert later and all(np.array_equal(f.velocities, rates / 2) for f in later)
+
+    pid = client.open_pull(velocities=True)
+    rows = client.pull(pid, [0.1, 0.2])
+    assert rows.shape == (2, 18)
+    np.testing.assert_array_equal(rows[:, 9:], np.stack([rates, rates]))
+    plain = client.open_stream(fps=50)
+    assert plain.recv(2.0).velocities is None
+
+
+def test_velocity_flag_marks_the_frame_layout():
+    message = proto.encode_frame(7, 1, 0.5, 1.0, np.arange(3.0), np.ones(3))
+    assert proto.HEADER.unpack_from(message, 9)[3] == proto.FLAG_VELOCITIES
+    decoded = proto.decode_stream_message(message)
+    assert decoded.channels.tolist() == [0.0, 1.0, 2.0]
+    assert decoded.velocities.tolist() == [1.0, 1.0, 1.0]
+    odd = bytearray(proto.encode_frame(7, 1, 0.5, 1.0, np.arange(3.0)))
+    odd[15] = proto.FLAG_VELOCITIES  # three values cannot split in two halves
+    with pytest.raises(ProtocolError, match="odd"):
+        proto.decode_stream_message(bytes(odd))
+
+
+def test_real_model_velocities_over_the_wire(real_model):
+    source = real_model.sources()[-1]
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=10.0) as c:
+        pid = c.open_pull(source, seed=1, velocities=True)
+        c.set_speed(pid, 2.0)
+        rows = c.pull(pid, [0.25, 0.5])
+    expected = real_model.open(source, seed=1).channels_at(
+        np.array([0.5, 1.0]), velocities=True
+    )
+    C = expected.shape[1] // 2
+    expected[:, C:] *= 2.0  # per second of stream time, at double speed
+    np.testing.assert_allclose(rows, expected.astype(np.float32), rtol=1e-6, atol=1e-4)

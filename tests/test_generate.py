@@ -251,3 +251,58 @@ def test_blend_of_sources_mixes_their_latents(model):
     ]:
         with pytest.raises(ValueError, match=match):
             model.open(bad)
+
+
+def _wrapped(diff: np.ndarray) -> np.ndarray:
+    """Differences of channel values with 360-degree turns taken out."""
+    return (diff + 180.0) % 360.0 - 180.0
+
+
+def test_velocities_match_a_central_difference(model):
+    stream = model.open(WALK, seed=0)
+    stream.channels_at(np.array([0.9]))
+    at = stream.switch(BOW, seed=1, at=1.0)
+    times = np.array([0.41, at + 0.13, at + 0.29, 2.61])  # two inside the fade
+    rows = stream.channels_at(times, continuous=False, velocities=True)  # (T, 2C)
+    C = rows.shape[1] // 2
+    h = 1e-6
+    ahead = stream.channels_at(times + h, continuous=False)
+    behind = stream.channels_at(times - h, continuous=False)
+    fd = _wrapped(ahead - behind) / (2 * h)
+    # RK4 partial steps and float64 rounding over 2h: a loose tolerance.
+    assert np.abs(fd - rows[:, C:]).max() < 1e-3 * np.abs(rows[:, C:]).max()
+    np.testing.assert_allclose(
+        rows[:, :C], stream.channels_at(times, continuous=False), atol=1e-12
+    )
+
+    # Unwrapped angles: the derivative follows the Euler triple unwrapping chose.
+    grid = np.arange(0.05, 3.0, 0.5)
+    pairs = np.sort(np.concatenate([grid - h, grid + h]))
+    cont = stream.channels_at(pairs, continuous=True, velocities=True)
+    fd = (cont[1::2, :C] - cont[0::2, :C]) / (2 * h)
+    mean = (cont[1::2, C:] + cont[0::2, C:]) / 2
+    assert np.abs(fd - mean).max() < 1e-3 * np.abs(mean).max()
+
+
+def test_velocities_are_exact_through_the_decoder(model):
+    import torch
+
+    stream = model.open("prior", seed=4)
+    L = stream.latent
+    seg, tau, y = stream._state_at(1.37)
+    by_jvp = stream._velocity(seg, tau, y)
+
+    def channels(tau, y):
+        pose = model.denormalize(stream._pose(seg, tau, y))
+        return model.feature_channels()(pose, y[2 * L :])
+
+    tau_t = torch.tensor(tau, dtype=torch.float64)
+    d_tau, d_y = torch.autograd.functional.jacobian(channels, (tau_t, y))
+    direct = d_tau + d_y @ stream._field(seg)(tau_t, y)  # (C,)
+    torch.testing.assert_close(by_jvp, direct, rtol=1e-12, atol=1e-9)
+    # The torch decoding is the numpy one.
+    np.testing.assert_allclose(
+        channels(tau_t, y).detach().numpy(),
+        stream.channels_at(np.array([1.37]), continuous=False)[0],
+        atol=1e-9,
+    )

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+ACK_RESEND = 0.25  # seconds a recording waits for a frame before acknowledging again
+
 __all__ = ["Client", "ClientStream", "Frame", "StreamEnded", "blend"]
 
 
@@ -186,14 +188,20 @@ class Client:
 
     def keep_alive(self) -> None:
         """Renew this client's leases now, without waiting for the reply."""
-        while self._socket.poll(0):  # replies to earlier keep-alives, unread so far
+        self._send_unanswered("ping")
+
+    def _send_unanswered(self, op: str, **params: Any) -> None:
+        """Send a request whose reply will be discarded unread."""
+        while self._socket.poll(0):  # replies to earlier such requests
             self._socket.recv_multipart()
         request_id = self._next_id
         self._next_id += 1
         try:
-            self._socket.send(proto.encode_request(request_id, "ping"), zmq.NOBLOCK)
+            self._socket.send(
+                proto.encode_request(request_id, op, **params), zmq.NOBLOCK
+            )
         except zmq.Again:
-            logger.debug("keep-alive ping not sent: the server is not reading")
+            logger.debug("%s not sent: the server is not reading", op)
         self._last_sent = time.monotonic()
 
     def _keep_alive_due(self) -> None:
@@ -248,14 +256,40 @@ class Client:
         Raises:
             TimeoutError: the skeleton did not arrive within ``timeout``.
         """
+        extra = {"velocities": True} if velocities else {}
+        return self._subscribe("push", source, fps, seed, start, extra)
+
+    def open_recording(
+        self,
+        source: str | dict = "prior",
+        fps: float = 60.0,
+        seed: int = 0,
+        start: float = 0.0,
+        velocities: bool = False,
+        window: int = proto.DEFAULT_WINDOW,
+    ) -> ClientStream:
+        """Open a recording: frames ``fps`` apart in stream time, sent as fast as
+        the server computes them and this client acknowledges them, none lost.
+
+        :meth:`ClientStream.recv` acknowledges frames as it returns them, so the
+        server never has more than ``window`` frames in flight; a reader that
+        pauses only pauses the recording.
+        """
+        extra = {"window": window, **({"velocities": True} if velocities else {})}
+        return self._subscribe("record", source, fps, seed, start, extra)
+
+    def _subscribe(
+        self,
+        mode: str,
+        source: str | dict,
+        fps: float,
+        seed: int,
+        start: float,
+        extra: dict,
+    ) -> ClientStream:
+        """Open a push stream or a recording and subscribe to it."""
         fields = self.request(
-            "open",
-            source=source,
-            fps=fps,
-            seed=seed,
-            start=start,
-            mode="push",
-            **({"velocities": True} if velocities else {}),
+            "open", source=source, fps=fps, seed=seed, start=start, mode=mode, **extra
         )[0]
         if self.stream_endpoint is None or self._lease is None:
             endpoint = self.hello()["stream_endpoint"]
@@ -368,6 +402,9 @@ class ClientStream:
         self.start: float = fields["start"]
         self.source: str | dict = fields["source"]
         self.seed: int = fields["seed"]
+        self.mode: str = fields["mode"]
+        self.window: int | None = fields.get("window")  # recordings only
+        self._acked = 0  # frames a recording has acknowledged
         self.gaps = 0
         self.ended: str | None = None
         self.info: dict = {}
@@ -419,7 +456,13 @@ class ClientStream:
         deadline = time.monotonic() + timeout
         self._client._keep_alive_due()
         while self.ended is None:
-            message = self._receive(deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            if self.window is not None:
+                left = min(left, ACK_RESEND)
+            message = self._receive(left)
+            if message is None and time.monotonic() < deadline:
+                self._acknowledge()  # the last one may have been lost
+                continue
             if message is None:
                 raise TimeoutError(f"stream {self.id}: no frame within {timeout:g} s")
             if message.kind == proto.KIND_SKELETON:
@@ -436,6 +479,10 @@ class ClientStream:
                     )
                     self.gaps += max(0, message.seq - self._next_seq)
                 self._next_seq = message.seq + 1
+                if self.window is not None and (
+                    self._next_seq - self._acked >= self.window // 2
+                ):
+                    self._acknowledge()
                 return Frame(
                     message.seq,
                     message.t,
@@ -444,6 +491,13 @@ class ClientStream:
                     message.velocities,
                 )
         raise StreamEnded(self.id, self.ended)
+
+    def _acknowledge(self) -> None:
+        """Tell the server how many frames of a recording have arrived."""
+        if self.window is None or self._next_seq is None:
+            return
+        self._client._send_unanswered("ack", stream=self.id, received=self._next_seq)
+        self._acked = self._next_seq
 
     def frames(self, timeout: float = 1.0) -> Iterator[Frame]:
         """Frames until the stream ends; TimeoutError if one takes over ``timeout``."""

@@ -69,6 +69,10 @@ MAX_STREAM_ID = 2**32 - 1
 MAX_BLEND = 8  # sources in one blend
 WEIGHT_TOLERANCE = 1e-6  # how far a blend's weights may sum from 1
 MAX_SPEED = 4.0  # motion seconds per stream second
+# Frames a recording may have in flight unacknowledged: well under ZeroMQ's default
+# queue of 1000 messages at either end, so none is ever dropped.
+MAX_WINDOW = 512
+DEFAULT_WINDOW = 256
 
 OPS = (
     "hello",
@@ -80,6 +84,7 @@ OPS = (
     "close",
     "switch",
     "speed",
+    "ack",
 )
 ERROR_CODES = {
     "bad_json": "the request is not a UTF-8 JSON object",
@@ -220,8 +225,28 @@ def _start(value: Any) -> float:
 
 
 def _mode(value: Any) -> str:
-    if value not in ("push", "pull"):
-        raise _bad("mode", "'push' or 'pull'", value)
+    if value not in ("push", "pull", "record"):
+        raise _bad("mode", "'push', 'pull' or 'record'", value)
+    return value
+
+
+def _window(value: Any) -> int:
+    if not (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 1 <= value <= MAX_WINDOW
+    ):
+        raise _bad("window", f"an integer from 1 to {MAX_WINDOW}", value)
+    return value
+
+
+def _received(value: Any) -> int:
+    if not (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_SEED
+    ):
+        raise _bad("received", "a count of frames, an integer >= 0", value)
     return value
 
 
@@ -277,11 +302,13 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "start": _start,
         "mode": _mode,
         "velocities": _flag("velocities"),
+        "window": _window,
     },
     "pull": {"stream": _stream_id, "times": _times, "continuous": _flag("continuous")},
     "close": {"stream": _stream_id},
     "switch": {"stream": _stream_id, "source": _source, "seed": _seed},
     "speed": {"stream": _stream_id, "speed": _speed},
+    "ack": {"stream": _stream_id, "received": _received},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "open": {
@@ -299,6 +326,7 @@ _REQUIRED = {
     "close": ("stream",),
     "switch": ("stream", "source"),
     "speed": ("stream", "speed"),
+    "ack": ("stream", "received"),
 }
 _ENVELOPE = ("v", "id", "op", "retry")
 
@@ -379,7 +407,7 @@ def decode_request(data: bytes) -> Request:
             rid,
         )
     missing = [name for name in _REQUIRED.get(op, ()) if name not in obj]
-    if op == "open" and obj.get("mode", "push") == "push" and "fps" not in obj:
+    if op == "open" and obj.get("mode", "push") != "pull" and "fps" not in obj:
         missing.append("fps")
     if missing:
         raise ProtocolError("bad_request", f"{op}: missing field(s) {missing}", rid)
@@ -389,6 +417,12 @@ def decode_request(data: bytes) -> Request:
     except ProtocolError as exc:
         exc.request_id = rid
         raise
+    if op == "open" and "window" in obj and params["mode"] != "record":
+        raise ProtocolError(
+            "bad_request",
+            f"window: only a 'record' stream has one, not a {params['mode']!r} one",
+            rid,
+        )
     return Request(rid, op, params, retry)
 
 

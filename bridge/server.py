@@ -40,6 +40,7 @@ __all__ = ["Server", "check_endpoint"]
 
 IDLE_POLL = 0.05  # longest sleep of either loop, so stop() and leases act promptly
 MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve others
+RECORD_BATCH = 4  # a recording's frames per pass: live streams wait at most this long
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
@@ -98,6 +99,8 @@ class _Stream:
     late: bool = False
     end: str | None = None
     velocities: bool = False  # frames and pulls carry channel derivatives too
+    window: int = 0  # a recording's frames allowed in flight unacknowledged
+    allowed: int = 0  # a recording may send frames below this seq
     timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
     # Held while the pose generator or the timeline is used: the stream thread
     # computes a push stream's frames while the control thread may switch it.
@@ -430,6 +433,7 @@ class Server:
         mode: str,
         velocities: bool,
         fps: float | None = None,
+        window: int = proto.DEFAULT_WINDOW,
     ) -> dict:
         source = self._model_source(source, seed)
         with self._lock:
@@ -450,7 +454,7 @@ class Server:
             "mode": mode,
             "source": self._echo_source(source),
             "seed": seed,
-            "fps": fps if mode == "push" else None,
+            "fps": fps if mode != "pull" else None,
             "start": start,
             "num_channels": self._skeleton["num_channels"],
             "velocities": velocities,
@@ -462,6 +466,9 @@ class Server:
             stream_id, owner, mode, fields["fps"], start, poses, info, time.monotonic()
         )
         stream.velocities = velocities
+        if mode == "record":
+            stream.window = stream.allowed = window
+            fields["window"] = window
         with self._lock:
             self._streams[stream_id] = stream
         logger.info(
@@ -471,7 +478,7 @@ class Server:
             proto.short_repr(source),
             seed,
             mode,
-            f" at {fps:g} fps" if mode == "push" else "",
+            f" at {fps:g} fps" if mode != "pull" else "",
         )
         return fields
 
@@ -482,7 +489,7 @@ class Server:
         if target.mode != "pull":
             raise ProtocolError(
                 "wrong_mode",
-                f"stream: {stream} is a push stream; "
+                f"stream: {stream} is a {target.mode} stream; "
                 "open one with mode 'pull' to pull poses",
             )
         target.last_seen = time.monotonic()
@@ -544,6 +551,23 @@ class Server:
             "motion_time": motion,
         }
 
+    def _op_ack(self, owner: bytes, stream: int, received: int) -> dict:
+        target = self._live(stream)
+        if target.mode != "record":
+            raise ProtocolError(
+                "wrong_mode",
+                f"stream: {stream} is a {target.mode} stream; only a 'record' "
+                "stream takes acknowledgements",
+            )
+        if received > target.next_seq:
+            raise ProtocolError(
+                "bad_request",
+                f"received: {received} frames, but only {target.next_seq} were sent",
+            )
+        # Acknowledgements may arrive out of order (retries): never shrink.
+        target.allowed = max(target.allowed, received + target.window)
+        return {"stream": stream, "received": received, "allowed": target.allowed}
+
     def _op_speed(self, owner: bytes, stream: int, speed: float) -> dict:
         target = self._live(stream)
         with target.lock:
@@ -581,6 +605,7 @@ class Server:
         with self._lock:
             streams = list(self._streams.values())
         wake = now + IDLE_POLL
+        recordings = []
         for stream in streams:
             if stream.end is None and now - stream.last_seen > self.lease:
                 stream.end = "expired"
@@ -594,12 +619,15 @@ class Server:
                 continue
             if (
                 stream.clock0 is None
-                and stream.mode == "push"
+                and stream.mode != "pull"
                 and any(proto.topic(stream.id).startswith(p) for p in +self._prefixes)
             ):
                 # Subscribed before it was opened (an empty or prefix subscription).
                 self._send_skeleton(xpub, stream)
             if stream.clock0 is None:  # a pull stream, or no subscriber yet
+                continue
+            if stream.mode == "record":
+                recordings.append(stream)
                 continue
             count = 0
             while (
@@ -612,6 +640,14 @@ class Server:
             due = stream.clock0 + stream.next_seq / stream.fps
             self._check_late(stream, time.monotonic() - due)
             wake = min(wake, due)
+
+        # Recordings take what time the live streams leave, a few frames each.
+        for stream in recordings:
+            count = min(RECORD_BATCH, stream.allowed - stream.next_seq)
+            if count > 0:
+                self._send_frames(xpub, stream, count)
+            if stream.allowed > stream.next_seq:
+                wake = now
         return max(0.0, wake - time.monotonic())
 
     def _send_frames(self, xpub: zmq.Socket, stream: _Stream, count: int) -> None:
@@ -714,7 +750,7 @@ class Server:
                 matches = [
                     s
                     for s in self._streams.values()
-                    if s.mode == "push"
+                    if s.mode != "pull"
                     and s.end is None
                     and proto.topic(s.id).startswith(prefix)
                 ]

@@ -763,3 +763,62 @@ def test_real_model_velocities_over_the_wire(real_model):
     C = expected.shape[1] // 2
     expected[:, C:] *= 2.0  # per second of stream time, at double speed
     np.testing.assert_allclose(rows, expected.astype(np.float32), rtol=1e-6, atol=1e-4)
+
+
+def test_recording_arrives_complete_and_faster_than_real_time(server, client, zctx):
+    seconds, fps = 10.0, 60
+    with Client(server.control_endpoint, timeout=1.0, context=zctx) as live_client:
+        live = live_client.open_stream(fps=100, seed=1)
+        began = time.monotonic()
+        recording = client.open_recording(fps=fps, seed=2, window=64)
+        frames = []
+        while len(frames) < seconds * fps:
+            frames.append(recording.recv(2.0))
+            if len(frames) == 200:
+                time.sleep(0.3)  # a slow reader: the server waits, loses nothing
+        took = time.monotonic() - began
+        live_frames = collect(live, 50)
+
+    assert [f.seq for f in frames] == list(range(int(seconds * fps)))
+    assert all(f.t == f.seq / fps for f in frames) and recording.gaps == 0
+    assert took < seconds / 2  # 0.3 s of it the reader's own pause
+    expected = FakeStream(2).channels_at([f.t for f in frames], continuous=False)
+    got = np.stack([f.channels for f in frames])
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # The live stream kept its pace meanwhile.
+    assert live.gaps == 0
+    assert max(b.sent - a.sent for a, b in itertools.pairwise(live_frames)) < 0.1
+
+
+def test_recording_controls_reject_bad_fields(client):
+    with pytest.raises(ProtocolError, match="window: only a 'record' stream"):
+        client.request("open", fps=30, window=8)
+    for window in (0, 513, 2.5, True):
+        with pytest.raises(ProtocolError, match="window: expected an integer"):
+            client.request("open", fps=30, mode="record", window=window)
+    with pytest.raises(ProtocolError, match=r"missing field\(s\) \['fps'\]"):
+        client.request("open", mode="record")
+    push = client.open_stream(fps=30)
+    with pytest.raises(ProtocolError) as exc:
+        client.request("ack", stream=push.id, received=1)
+    assert exc.value.code == "wrong_mode"
+    recording = client.open_recording(fps=30, window=4)
+    recording.recv(2.0)
+    with pytest.raises(ProtocolError, match="received: 1000 frames, but only"):
+        client.request("ack", stream=recording.id, received=1000)
+    with pytest.raises(ProtocolError, match="received: expected a count"):
+        client.request("ack", stream=recording.id, received=-1)
+
+
+@pytest.mark.slow
+def test_real_model_recording_beats_the_clock(real_model):
+    source = real_model.sources()[-1]
+    seconds, fps = 4.0, 60
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=10.0) as c:
+        began = time.monotonic()
+        recording = c.open_recording(source, fps=fps, seed=1)
+        frames = [recording.recv(10.0) for _ in range(int(seconds * fps))]
+        took = time.monotonic() - began
+    assert [f.seq for f in frames] == list(range(int(seconds * fps)))
+    assert all(f.t == f.seq / fps for f in frames)
+    assert took < seconds

@@ -383,6 +383,9 @@ class Server:
                 "max_streams": self.max_streams,
                 "max_request_bytes": proto.MAX_REQUEST_BYTES,
                 "lease": self.lease,
+                "max_speed": proto.MAX_SPEED,
+                "max_window": proto.MAX_WINDOW,
+                "max_blend": proto.MAX_BLEND,
             },
         }
 

@@ -13,11 +13,11 @@ import logging
 
 import numpy as np
 
+from bridge.protocol import MAX_SPEED
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_SPEED", "Timeline"]
-
-MAX_SPEED = 4.0  # motion seconds per stream second; more outruns a CPU solver
+__all__ = ["Timeline"]
 
 
 class Timeline:

@@ -822,3 +822,31 @@ def test_real_model_recording_beats_the_clock(real_model):
     assert [f.seq for f in frames] == list(range(int(seconds * fps)))
     assert all(f.t == f.seq / fps for f in frames)
     assert took < seconds
+
+
+def test_real_model_switch_and_slow_motion_stay_smooth(real_model):
+    # A live stream at 120 fps through a switch and a speed change: no step between
+    # consecutive frames larger than the bundled clips' largest (at 120 fps).
+    clips = list(real_model.seeds.values())
+    data_step = max(
+        np.linalg.norm(np.diff(c.world_positions(), axis=0), axis=-1).max()
+        * c.fps
+        / 120
+        for c in clips
+    )
+    sources = real_model.sources()
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=10.0) as c:
+        stream = c.open_stream(sources[-1], fps=120, seed=1)
+        frames = collect(stream, 24, timeout=10.0)
+        switched = c.switch(stream, sources[1], seed=2)
+        frames += collect(stream, 36, timeout=10.0)
+        slowed = c.set_speed(stream, 0.5)
+        frames += collect(stream, 84, timeout=10.0)
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    assert frames[24].t <= switched["at"] < slowed["at"] < frames[-1].t
+    rows = np.stack([f.channels for f in frames]).astype(np.float64)
+    from motionode.bvh import Clip
+
+    pos = Clip(real_model.skeleton, rows, 1 / 120).world_positions()
+    step = np.linalg.norm(np.diff(pos, axis=0), axis=-1).max(-1)  # (F-1,)
+    assert step.max() <= data_step

@@ -655,39 +655,39 @@ class Server:
 
     def _send_frames(self, xpub: zmq.Socket, stream: _Stream, count: int) -> None:
         """Compute and publish frames ``next_seq`` to ``next_seq + count - 1``."""
-        seqs = np.arange(stream.next_seq, stream.next_seq + count, dtype=np.float64)
-        times = stream.start + seqs / stream.fps  # (count,), t = start + seq / fps
-        try:
-            with stream.lock:
+        # The lock covers computing, sending and counting the frames: a speed
+        # change or switch must see next_seq past every frame computed so far.
+        with stream.lock:
+            first = stream.next_seq
+            seqs = np.arange(first, first + count, dtype=np.float64)
+            times = stream.start + seqs / stream.fps  # (count,), start + seq / fps
+            try:
                 # Principal angles: a frame is a function of its time alone, so
                 # streams at different rates agree exactly where times coincide.
                 rows = stream.rows(times, continuous=False)  # (count, C) or 2C
-        except Exception:
-            logger.exception(
-                "stream %d: the model failed at t = %.6f s; ending it",
-                stream.id,
-                times[0],
-            )
-            stream.end = "error"
-            return
-        half = self._skeleton["num_channels"]
-        for i in range(count):
-            message = proto.encode_frame(
-                stream.id,
-                stream.next_seq + i,
-                float(times[i]),
-                time.monotonic(),
-                rows[i, :half],
-                rows[i, half:] if stream.velocities else None,
-            )
-            xpub.send(message, zmq.NOBLOCK)
+            except Exception:
+                logger.exception(
+                    "stream %d: the model failed at t = %.6f s; ending it",
+                    stream.id,
+                    times[0],
+                )
+                stream.end = "error"
+                return
+            half = self._skeleton["num_channels"]
+            for i in range(count):
+                message = proto.encode_frame(
+                    stream.id,
+                    first + i,
+                    float(times[i]),
+                    time.monotonic(),
+                    rows[i, :half],
+                    rows[i, half:] if stream.velocities else None,
+                )
+                xpub.send(message, zmq.NOBLOCK)
+            stream.next_seq = first + count
         logger.debug(
-            "stream %d: frames %d-%d sent",
-            stream.id,
-            stream.next_seq,
-            stream.next_seq + count - 1,
+            "stream %d: frames %d-%d sent", stream.id, first, first + count - 1
         )
-        stream.next_seq += count
 
     def _check_late(self, stream: _Stream, lateness: float) -> None:
         if lateness > LATE_WARNING and not stream.late:

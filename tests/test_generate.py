@@ -284,6 +284,8 @@ def test_velocities_match_a_central_difference(model):
     assert np.abs(fd - mean).max() < 1e-3 * np.abs(mean).max()
 
 
+# torch's forward-mode autodiff loads its decompositions through torch.jit.script.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_velocities_are_exact_through_the_decoder(model):
     import torch
 
@@ -300,6 +302,10 @@ def test_velocities_are_exact_through_the_decoder(model):
     d_tau, d_y = torch.autograd.functional.jacobian(channels, (tau_t, y))
     direct = d_tau + d_y @ stream._field(seg)(tau_t, y)  # (C,)
     torch.testing.assert_close(by_jvp, direct, rtol=1e-12, atol=1e-9)
+    # And with forward-mode differentiation, the other exact way.
+    tangents = (torch.ones_like(tau_t), stream._field(seg)(tau_t, y))
+    _, forward = torch.func.jvp(channels, (tau_t, y), tangents)
+    torch.testing.assert_close(by_jvp, forward, rtol=1e-12, atol=1e-9)
     # The torch decoding is the numpy one.
     np.testing.assert_allclose(
         channels(tau_t, y).detach().numpy(),

@@ -628,6 +628,10 @@ def test_speed_scales_motion_time_and_keeps_stream_time(client):
     fast = client.set_speed(stream, 2.0)
     frames += collect(stream, 20)
     assert paused["at"] == paused["motion_time"] and fast["at"] > paused["at"]
+    # Switching a paused stream: it happens in motion time, once it plays on.
+    slow = client.open_stream(fps=100, seed=2)
+    client.set_speed(slow, 0)
+    assert client.switch(slow, "prior", seed=1)["at"] is None
     assert fast["motion_time"] == paused["motion_time"]  # nothing moved meanwhile
     for f in frames:
         assert f.t == f.seq / 100  # stream time keeps the wall clock's pace
@@ -637,6 +641,22 @@ def test_speed_scales_motion_time_and_keeps_stream_time(client):
             motion = fast["motion_time"] + 2.0 * (f.t - fast["at"])
         expected = FakeStream(2).channels_at([motion], continuous=False)[0]
         np.testing.assert_allclose(f.channels, expected, atol=1e-3)
+
+
+def test_timeline_is_continuous_and_never_rewrites_the_past():
+    from bridge.timeline import Timeline
+
+    line = Timeline()
+    assert line.motion([0.0, 1.5]).tolist() == [0.0, 1.5]  # speed 1: exactly t
+    assert line.set_speed(1.0, 0.0) == 1.0
+    assert line.set_speed(3.0, 2.0) == 1.0  # paused from 1 s to 3 s
+    assert line.motion([0.5, 2.0, 3.0, 4.0]).tolist() == [0.5, 1.0, 1.0, 3.0]
+    assert line.speeds([0.5, 2.0, 3.0]).tolist() == [1.0, 0.0, 2.0]
+    assert line.stream_time(5.0) == 5.0
+    with pytest.raises(ValueError, match="before the latest speed change"):
+        line.set_speed(2.0, 1.0)
+    line.set_speed(5.0, 0.0)
+    assert line.stream_time(line.motion(5.0)[0] + 0.1) is None  # never, paused
 
 
 def test_pull_streams_map_times_through_their_speed(client):

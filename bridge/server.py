@@ -415,9 +415,12 @@ class Server:
         if isinstance(source, str):
             return source
         return [
-            (part["source"], seed if part["seed"] is None else part["seed"], w)
+            (
+                part["source"],
+                seed if part["seed"] is None else part["seed"],
+                part["weight"],
+            )
             for part in source["blend"]
-            for w in (part["weight"],)
         ]
 
     @staticmethod
@@ -462,6 +465,8 @@ class Server:
             "num_channels": self._skeleton["num_channels"],
             "velocities": velocities,
         }
+        if mode == "record":
+            fields["window"] = window
         info = json.dumps(
             {**fields, "skeleton": self._skeleton}, separators=(",", ":")
         ).encode()
@@ -471,7 +476,6 @@ class Server:
         stream.velocities = velocities
         if mode == "record":
             stream.window = stream.allowed = window
-            fields["window"] = window
         with self._lock:
             self._streams[stream_id] = stream
         logger.info(

@@ -801,13 +801,13 @@ def test_recording_arrives_complete_and_faster_than_real_time(server, client, zc
 
     assert [f.seq for f in frames] == list(range(int(seconds * fps)))
     assert all(f.t == f.seq / fps for f in frames) and recording.gaps == 0
-    assert took < seconds / 2  # 0.3 s of it the reader's own pause
+    assert took < seconds / 2  # typically 0.5 s, 0.3 s of it the reader's pause
     expected = FakeStream(2).channels_at([f.t for f in frames], continuous=False)
     got = np.stack([f.channels for f in frames])
     np.testing.assert_array_equal(got, expected.astype(np.float32))
-    # The live stream kept its pace meanwhile.
+    # The live stream kept its pace meanwhile (a stalled one would lag seconds).
     assert live.gaps == 0
-    assert max(b.sent - a.sent for a, b in itertools.pairwise(live_frames)) < 0.1
+    assert max(b.sent - a.sent for a, b in itertools.pairwise(live_frames)) < 0.25
 
 
 def test_recording_controls_reject_bad_fields(client):
@@ -823,6 +823,7 @@ def test_recording_controls_reject_bad_fields(client):
         client.request("ack", stream=push.id, received=1)
     assert exc.value.code == "wrong_mode"
     recording = client.open_recording(fps=30, window=4)
+    assert recording.window == 4 and recording.info["window"] == 4
     recording.recv(2.0)
     with pytest.raises(ProtocolError, match="received: 1000 frames, but only"):
         client.request("ack", stream=recording.id, received=1000)
@@ -859,11 +860,16 @@ def test_real_model_switch_and_slow_motion_stay_smooth(real_model):
         stream = c.open_stream(sources[-1], fps=120, seed=1)
         frames = collect(stream, 24, timeout=10.0)
         switched = c.switch(stream, sources[1], seed=2)
-        frames += collect(stream, 36, timeout=10.0)
         slowed = c.set_speed(stream, 0.5)
-        frames += collect(stream, 84, timeout=10.0)
+        # Read on until both have played out (a loaded server may run ahead of
+        # this reader: controls apply at the next frame the server sends).
+        # At half speed the 0.5 s cross-fade takes a second of stream time.
+        until = max(slowed["at"] + 0.3, switched["at"] + 1.1)
+        while frames[-1].t < until and len(frames) < 600:
+            frames.append(stream.recv(10.0))
     assert [f.seq for f in frames] == list(range(len(frames)))
-    assert frames[24].t <= switched["at"] < slowed["at"] < frames[-1].t
+    assert frames[24].t <= min(switched["at"], slowed["at"])
+    assert max(switched["at"], slowed["at"]) + 0.3 < frames[-1].t
     rows = np.stack([f.channels for f in frames]).astype(np.float64)
     from motionode.bvh import Clip
 

@@ -27,6 +27,9 @@ class Timeline:
     """
 
     def __init__(self) -> None:
+        # TODO: a pull stream keeps every piece, since it may ask for any earlier
+        # time; a client changing speed every frame for hours grows this by 24
+        # bytes a change and slows each lookup a little (log of the count).
         # Piece i starts at stream time _t[i], motion time _m[i], at speed _s[i].
         self._t = [0.0]
         self._m = [0.0]

@@ -377,6 +377,8 @@ class PoseStream:
         self.blend_steps = math.ceil(self.blend * self.rate - 1e-9)
         self.latest = -math.inf  # latest time asked for, seconds
         # Solver step -> (components, seed) of each source switch, applied or not.
+        # TODO: kept for the stream's life and scanned on every pose lookup, so a
+        # stream switched thousands of times computes each pose a little slower.
         self._switches: dict[int, tuple[tuple[Component, ...], int]] = {}
         self._segments: list[_Segment] = [self._first_segment()]
         self._starts: list[int] = [0]  # solver step at which each segment starts

@@ -24,7 +24,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AuthenticationError", "Client", "ClientStream", "Frame", "StreamEnded"]
+__all__ = [
+    "AuthenticationError",
+    "Client",
+    "ClientStream",
+    "Frame",
+    "StreamEnded",
+    "blend",
+]
+
+ACK_RESEND = 0.25  # seconds a recording waits for a frame before acknowledging again
 
 # Handshake failures a client can see: a server that refused our CURVE key (AUTH),
 # or one whose security differs from ours, e.g. CURVE against plain (PROTOCOL).
@@ -35,6 +44,21 @@ _HANDSHAKE_FAILED = (
 )
 
 
+def blend(*parts: tuple[str, float] | tuple[str, float, int]) -> dict:
+    """A blended source for ``open`` or ``switch``, from (source, weight) or
+    (source, weight, seed) tuples; weights must sum to 1.
+
+    Example: ``blend(("clip:walk", 0.5), ("prior", 0.5, 3))``.
+    """
+    out = []
+    for part in parts:
+        item = {"source": part[0], "weight": part[1]}
+        if len(part) > 2:
+            item["seed"] = part[2]
+        out.append(item)
+    return {"blend": out}
+
+
 class Frame(NamedTuple):
     """One pose of a push stream.
 
@@ -43,12 +67,15 @@ class Frame(NamedTuple):
         t: stream time in seconds, ``start + seq / fps``.
         sent: server clock in seconds when it was sent (see ``Client.clock_offset``).
         channels: (C,) float32 BVH channel values of the stream's skeleton.
+        velocities: (C,) float32 their time derivatives per second of stream time,
+            for a stream opened with ``velocities``; else None.
     """
 
     seq: int
     t: float
     sent: float
     channels: np.ndarray
+    velocities: np.ndarray | None = None
 
 
 HEARTBEAT_MS = 1000  # ZeroMQ heartbeats: a server that vanished without closing
@@ -224,14 +251,20 @@ class Client:
 
     def keep_alive(self) -> None:
         """Renew this client's leases now, without waiting for the reply."""
-        while self._socket.poll(0):  # replies to earlier keep-alives, unread so far
+        self._send_unanswered("ping")
+
+    def _send_unanswered(self, op: str, **params: Any) -> None:
+        """Send a request whose reply will be discarded unread."""
+        while self._socket.poll(0):  # replies to earlier such requests
             self._socket.recv_multipart()
         request_id = self._next_id
         self._next_id += 1
         try:
-            self._socket.send(proto.encode_request(request_id, "ping"), zmq.NOBLOCK)
+            self._socket.send(
+                proto.encode_request(request_id, op, **params), zmq.NOBLOCK
+            )
         except zmq.Again:
-            logger.debug("keep-alive ping not sent: the server is not reading")
+            logger.debug("%s not sent: the server is not reading", op)
         self._last_sent = time.monotonic()
 
     def _keep_alive_due(self) -> None:
@@ -272,28 +305,66 @@ class Client:
 
     def open_stream(
         self,
-        source: str = "prior",
+        source: str | dict = "prior",
         fps: float = 60.0,
         seed: int = 0,
         start: float = 0.0,
+        velocities: bool = False,
         convention: str = "raw",
     ) -> ClientStream:
         """Open a push stream and subscribe to it; returns once its skeleton is in.
 
-        ``convention`` ("raw", "blender", "unity", "unreal", "godot") sets the axes,
-        handedness and unit of the skeleton and of every pose.
+        ``source`` is a name from :meth:`sources` or a blend (see :func:`blend`).
+        With ``velocities`` every frame also carries the channels' exact time
+        derivatives (``Frame.velocities``). ``convention`` ("raw", "blender",
+        "unity", "unreal", "godot") sets the axes, handedness and unit of the
+        skeleton and of every pose.
 
         Raises:
             TimeoutError: the skeleton did not arrive within ``timeout``.
         """
+        extra = {
+            "convention": convention,
+            **({"velocities": True} if velocities else {}),
+        }
+        return self._subscribe("push", source, fps, seed, start, extra)
+
+    def open_recording(
+        self,
+        source: str | dict = "prior",
+        fps: float = 60.0,
+        seed: int = 0,
+        start: float = 0.0,
+        velocities: bool = False,
+        window: int = proto.DEFAULT_WINDOW,
+        convention: str = "raw",
+    ) -> ClientStream:
+        """Open a recording: frames ``fps`` apart in stream time, sent as fast as
+        the server computes them and this client acknowledges them, none lost.
+
+        :meth:`ClientStream.recv` acknowledges frames as it returns them, so the
+        server never has more than ``window`` frames in flight; a reader that
+        pauses only pauses the recording.
+        """
+        extra = {
+            "window": window,
+            "convention": convention,
+            **({"velocities": True} if velocities else {}),
+        }
+        return self._subscribe("record", source, fps, seed, start, extra)
+
+    def _subscribe(
+        self,
+        mode: str,
+        source: str | dict,
+        fps: float,
+        seed: int,
+        start: float,
+        extra: dict,
+    ) -> ClientStream:
+        """Open a push stream or a recording and subscribe to it."""
         fields = self.request(
-            "open",
-            source=source,
-            fps=fps,
-            seed=seed,
-            start=start,
-            mode="push",
-            convention=convention,
+            "open", source=source, fps=fps, seed=seed, start=start, mode=mode, **extra
         )[0]
         if self.stream_endpoint is None or self._lease is None:
             endpoint = self.hello()["stream_endpoint"]
@@ -307,18 +378,32 @@ class Client:
         return stream
 
     def open_pull(
-        self, source: str = "prior", seed: int = 0, convention: str = "raw"
+        self,
+        source: str | dict = "prior",
+        seed: int = 0,
+        velocities: bool = False,
+        convention: str = "raw",
     ) -> int:
-        """Open a pull stream; returns its id for :meth:`pull`. Its skeleton is
-        ``skeleton(convention)``."""
-        return self.request(
-            "open", source=source, seed=seed, mode="pull", convention=convention
-        )[0]["stream"]
+        """Open a pull stream; returns its id for :meth:`pull`. With
+        ``velocities`` its pulls return each row's time derivatives too. Its
+        skeleton is ``skeleton(convention)``."""
+        extra = {"velocities": True} if velocities else {}
+        reply = self.request(
+            "open",
+            source=source,
+            seed=seed,
+            mode="pull",
+            convention=convention,
+            **extra,
+        )
+        return reply[0]["stream"]
 
     def pull(
         self, stream_id: int, times: np.ndarray | list[float], continuous: bool = True
     ) -> np.ndarray:
-        """Poses (T, C) float32 of a pull stream at ``times`` (T,) seconds, >= 0.
+        """Poses (T, C) float32 of a pull stream at ``times`` (T,) seconds, >= 0;
+        (T, 2C) for a stream opened with ``velocities``: each row's C values, then
+        their C time derivatives per second of stream time.
 
         Args:
             times: 1 to ``MAX_PULL_TIMES`` stream times, in any order.
@@ -331,6 +416,8 @@ class Client:
             "pull", stream=stream_id, times=times.tolist(), continuous=continuous
         )
         count, channels = fields["count"], fields["channels"]
+        if fields.get("velocities"):
+            channels *= 2
         if len(extra) != 1 or len(extra[0]) != count * channels * 4:
             raise ProtocolError(
                 "bad_reply",
@@ -339,6 +426,29 @@ class Client:
             )
         values = np.frombuffer(extra[0], dtype="<f4")  # (T * C,)
         return values.reshape(count, channels)  # (T, C)
+
+    def switch(
+        self, stream: int | ClientStream, source: str | dict, seed: int = 0
+    ) -> dict:
+        """Cross-fade a live stream into another source (a name or a blend).
+
+        Returns:
+            the reply: ``at``, the stream time at which the cross-fade starts (None
+            while the stream is paused), and ``motion_time``, the same instant in
+            motion time.
+        """
+        stream_id = stream.id if isinstance(stream, ClientStream) else stream
+        return self.request("switch", stream=stream_id, source=source, seed=seed)[0]
+
+    def set_speed(self, stream: int | ClientStream, speed: float) -> dict:
+        """Play a stream at ``speed`` (0 pauses, 1 is real time, at most 4).
+
+        Returns:
+            the reply: ``at``, the stream time from which the speed applies, and
+            ``motion_time`` there.
+        """
+        stream_id = stream.id if isinstance(stream, ClientStream) else stream
+        return self.request("speed", stream=stream_id, speed=speed)[0]
 
     def close_stream(self, stream: int | ClientStream) -> None:
         """Ask the server to close a stream (an id, or a :class:`ClientStream`)."""
@@ -379,8 +489,11 @@ class ClientStream:
         self.id: int = fields["stream"]
         self.fps: float = fields["fps"]
         self.start: float = fields["start"]
-        self.source: str = fields["source"]
+        self.source: str | dict = fields["source"]
         self.seed: int = fields["seed"]
+        self.mode: str = fields["mode"]
+        self.window: int | None = fields.get("window")  # recordings only
+        self._acked = 0  # frames a recording has acknowledged
         self.gaps = 0
         self.ended: str | None = None
         self.info: dict = {}
@@ -435,7 +548,13 @@ class ClientStream:
         deadline = time.monotonic() + timeout
         self._client._keep_alive_due()
         while self.ended is None:
-            message = self._receive(deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            if self.window is not None:
+                left = min(left, ACK_RESEND)
+            message = self._receive(left)
+            if message is None and time.monotonic() < deadline:
+                self._acknowledge()  # the last one may have been lost
+                continue
             if message is None:
                 raise TimeoutError(f"stream {self.id}: no frame within {timeout:g} s")
             if message.kind == proto.KIND_SKELETON:
@@ -452,8 +571,25 @@ class ClientStream:
                     )
                     self.gaps += max(0, message.seq - self._next_seq)
                 self._next_seq = message.seq + 1
-                return Frame(message.seq, message.t, message.sent, message.channels)
+                if self.window is not None and (
+                    self._next_seq - self._acked >= self.window // 2
+                ):
+                    self._acknowledge()
+                return Frame(
+                    message.seq,
+                    message.t,
+                    message.sent,
+                    message.channels,
+                    message.velocities,
+                )
         raise StreamEnded(self.id, self.ended)
+
+    def _acknowledge(self) -> None:
+        """Tell the server how many frames of a recording have arrived."""
+        if self.window is None or self._next_seq is None:
+            return
+        self._client._send_unanswered("ack", stream=self.id, received=self._next_seq)
+        self._acked = self._next_seq
 
     def frames(self, timeout: float = 1.0) -> Iterator[Frame]:
         """Frames until the stream ends; TimeoutError if one takes over ``timeout``."""

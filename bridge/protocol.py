@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ERROR_CODES",
+    "FLAG_VELOCITIES",
     "HEADER",
     "KIND_END",
     "KIND_FRAME",
@@ -52,6 +53,9 @@ KINDS = {KIND_SKELETON: "skeleton", KIND_FRAME: "frame", KIND_END: "end"}
 # magic, version, kind, flags, stream id, seq, stream time, send time, count
 HEADER = struct.Struct("<4sBBHIQddI")
 TOPIC_SIZE = 9  # eight lowercase hex digits of the stream id, then "|"
+# Frame flags (the header's layout field): bit 0 says the C channel values are
+# followed by their C time derivatives.
+FLAG_VELOCITIES = 0x0001
 
 MAX_REQUEST_BYTES = 65536  # larger control messages are cut off by ZeroMQ itself
 MAX_FPS = 1000.0
@@ -63,8 +67,26 @@ MAX_ID_CHARS = 64
 MAX_SOURCE_CHARS = 256
 MAX_SEED = 2**63 - 1
 MAX_STREAM_ID = 2**32 - 1
+MAX_BLEND = 8  # sources in one blend
+WEIGHT_TOLERANCE = 1e-6  # how far a blend's weights may sum from 1
+MAX_SPEED = 4.0  # motion seconds per stream second
+# Frames a recording may have in flight unacknowledged: well under ZeroMQ's default
+# queue of 1000 messages at either end, so none is ever dropped.
+MAX_WINDOW = 512
+DEFAULT_WINDOW = 256
 
-OPS = ("hello", "skeleton", "sources", "ping", "open", "pull", "close")
+OPS = (
+    "hello",
+    "skeleton",
+    "sources",
+    "ping",
+    "open",
+    "pull",
+    "close",
+    "switch",
+    "speed",
+    "ack",
+)
 ERROR_CODES = {
     "bad_json": "the request is not a UTF-8 JSON object",
     "bad_frames": "the request has the wrong number of ZeroMQ frames",
@@ -130,19 +152,60 @@ def _finite(field: str, value: Any, expected: str) -> float:
     return number
 
 
-def _source(value: Any) -> str:
+def _source_name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_SOURCE_CHARS:
-        raise _bad("source", "a source name such as 'prior'", value)
+        raise _bad(field, "a source name such as 'prior'", value)
     return value
 
 
-def _seed(value: Any) -> int:
+def _source(value: Any) -> str | dict:
+    """A source name, or a blend: ``{"blend": [{"source", "weight", "seed"?}]}``."""
+    # e.g. {"blend": [{"source": "clip:walk", "weight": 0.5},
+    #                 {"source": "prior", "seed": 3, "weight": 0.5}]}
+    if not isinstance(value, dict):
+        return _source_name("source", value)
+    parts = value.get("blend")
+    if set(value) != {"blend"} or not isinstance(parts, list):
+        raise _bad("source", "a source name or {'blend': [...]}", value)
+    if not 2 <= len(parts) <= MAX_BLEND:
+        raise _bad("source.blend", f"a list of 2 to {MAX_BLEND} sources", parts)
+    blend = []
+    for i, part in enumerate(parts):
+        field = f"source.blend[{i}]"
+        if not isinstance(part, dict) or not {"source", "weight"} <= set(part):
+            raise _bad(field, "an object with 'source' and 'weight'", part)
+        unknown = sorted(set(part) - {"source", "weight", "seed"})
+        if unknown:
+            raise _bad(field, "only 'source', 'weight' and 'seed'", unknown)
+        weight = _finite(f"{field}.weight", part["weight"], "a number in (0, 1]")
+        if not 0 < weight <= 1:
+            raise _bad(f"{field}.weight", "a number in (0, 1]", part["weight"])
+        blend.append(
+            {
+                "source": _source_name(f"{field}.source", part["source"]),
+                "weight": weight,
+                "seed": _seed(part["seed"], f"{field}.seed")
+                if "seed" in part
+                else None,
+            }
+        )
+    total = math.fsum(part["weight"] for part in blend)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ProtocolError(
+            "bad_request",
+            f"source.blend: weights sum to {total:.9g}; expected 1 "
+            f"(within {WEIGHT_TOLERANCE:g})",
+        )
+    return {"blend": blend}
+
+
+def _seed(value: Any, field: str = "seed") -> int:
     if not (
         isinstance(value, int)
         and not isinstance(value, bool)
         and 0 <= value <= MAX_SEED
     ):
-        raise _bad("seed", f"an integer in [0, {MAX_SEED}]", value)
+        raise _bad(field, f"an integer in [0, {MAX_SEED}]", value)
     return value
 
 
@@ -172,8 +235,28 @@ def _convention(value: Any) -> str:
 
 
 def _mode(value: Any) -> str:
-    if value not in ("push", "pull"):
-        raise _bad("mode", "'push' or 'pull'", value)
+    if value not in ("push", "pull", "record"):
+        raise _bad("mode", "'push', 'pull' or 'record'", value)
+    return value
+
+
+def _window(value: Any) -> int:
+    if not (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 1 <= value <= MAX_WINDOW
+    ):
+        raise _bad("window", f"an integer from 1 to {MAX_WINDOW}", value)
+    return value
+
+
+def _received(value: Any) -> int:
+    if not (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_SEED
+    ):
+        raise _bad("received", "a count of frames, an integer >= 0", value)
     return value
 
 
@@ -184,6 +267,14 @@ def _flag(name: str) -> Callable[[Any], bool]:
         return value
 
     return check
+
+
+def _speed(value: Any) -> float:
+    expected = f"a number from 0 to {MAX_SPEED:g}"
+    speed = _finite("speed", value, expected)
+    if not 0 <= speed <= MAX_SPEED:
+        raise _bad("speed", expected, value)
+    return speed
 
 
 def _stream_id(value: Any) -> int:
@@ -221,9 +312,14 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "start": _start,
         "mode": _mode,
         "convention": _convention,
+        "velocities": _flag("velocities"),
+        "window": _window,
     },
     "pull": {"stream": _stream_id, "times": _times, "continuous": _flag("continuous")},
     "close": {"stream": _stream_id},
+    "switch": {"stream": _stream_id, "source": _source, "seed": _seed},
+    "speed": {"stream": _stream_id, "speed": _speed},
+    "ack": {"stream": _stream_id, "received": _received},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "skeleton": {"convention": "raw"},
@@ -233,10 +329,18 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "start": 0.0,
         "mode": "push",
         "convention": "raw",
+        "velocities": False,
     },
     "pull": {"continuous": True},
+    "switch": {"seed": 0},
 }
-_REQUIRED = {"pull": ("stream", "times"), "close": ("stream",)}
+_REQUIRED = {
+    "pull": ("stream", "times"),
+    "close": ("stream",),
+    "switch": ("stream", "source"),
+    "speed": ("stream", "speed"),
+    "ack": ("stream", "received"),
+}
 _ENVELOPE = ("v", "id", "op", "retry")
 
 
@@ -316,7 +420,7 @@ def decode_request(data: bytes) -> Request:
             rid,
         )
     missing = [name for name in _REQUIRED.get(op, ()) if name not in obj]
-    if op == "open" and obj.get("mode", "push") == "push" and "fps" not in obj:
+    if op == "open" and obj.get("mode", "push") != "pull" and "fps" not in obj:
         missing.append("fps")
     if missing:
         raise ProtocolError("bad_request", f"{op}: missing field(s) {missing}", rid)
@@ -326,6 +430,12 @@ def decode_request(data: bytes) -> Request:
     except ProtocolError as exc:
         exc.request_id = rid
         raise
+    if op == "open" and "window" in obj and params["mode"] != "record":
+        raise ProtocolError(
+            "bad_request",
+            f"window: only a 'record' stream has one, not a {params['mode']!r} one",
+            rid,
+        )
     return Request(rid, op, params, retry)
 
 
@@ -402,6 +512,9 @@ class StreamMessage:
         sent: server clock in seconds when the message was sent.
         channels: (C,) float32 channel values, frames only.
         info: the JSON payload of skeleton and end messages.
+        velocities: (C,) float32 time derivatives of ``channels`` per second of
+            stream time, in frames whose flags include ``FLAG_VELOCITIES``.
+        flags: the header's flags.
     """
 
     kind: int
@@ -411,21 +524,42 @@ class StreamMessage:
     sent: float
     channels: np.ndarray | None = None
     info: dict | None = None
+    velocities: np.ndarray | None = None
+    flags: int = 0
 
 
 def _encode(
-    kind: int, stream: int, seq: int, t: float, sent: float, payload: bytes, count: int
+    kind: int,
+    stream: int,
+    seq: int,
+    t: float,
+    sent: float,
+    payload: bytes,
+    count: int,
+    flags: int = 0,
 ) -> bytes:
-    header = HEADER.pack(MAGIC, VERSION, kind, 0, stream, seq, t, sent, count)
+    header = HEADER.pack(MAGIC, VERSION, kind, flags, stream, seq, t, sent, count)
     return topic(stream) + header + payload
 
 
 def encode_frame(
-    stream: int, seq: int, t: float, sent: float, channels: np.ndarray
+    stream: int,
+    seq: int,
+    t: float,
+    sent: float,
+    channels: np.ndarray,
+    velocities: np.ndarray | None = None,
 ) -> bytes:
-    """A frame message; ``channels`` (C,) is sent as little-endian float32."""
-    values = np.ascontiguousarray(channels, dtype="<f4").reshape(-1)  # (C,)
-    return _encode(KIND_FRAME, stream, seq, t, sent, values.tobytes(), values.size)
+    """A frame message; ``channels`` (C,) is sent as little-endian float32, then
+    ``velocities`` (C,), if given, with ``FLAG_VELOCITIES`` set."""
+    flags = 0
+    if velocities is not None:
+        channels = np.concatenate([np.ravel(channels), np.ravel(velocities)])
+        flags = FLAG_VELOCITIES
+    values = np.ascontiguousarray(channels, dtype="<f4").reshape(-1)  # (C,) or (2C,)
+    return _encode(
+        KIND_FRAME, stream, seq, t, sent, values.tobytes(), values.size, flags
+    )
 
 
 def _encode_json(
@@ -455,7 +589,7 @@ def decode_stream_message(data: bytes) -> StreamMessage:
         raise ProtocolError(
             "bad_message", f"expected at least {start} bytes, got {len(data)}"
         )
-    magic, version, kind, _, stream, seq, t, sent, count = HEADER.unpack_from(
+    magic, version, kind, flags, stream, seq, t, sent, count = HEADER.unpack_from(
         data, TOPIC_SIZE
     )
     if magic != MAGIC or version != VERSION or kind not in KINDS:
@@ -478,8 +612,25 @@ def decode_stream_message(data: bytes) -> StreamMessage:
         )
 
     if kind == KIND_FRAME:
-        channels = np.frombuffer(data, dtype="<f4", count=count, offset=start)
-        return StreamMessage(kind, stream, seq, t, sent, channels=channels)
+        values = np.frombuffer(data, dtype="<f4", count=count, offset=start)
+        if not flags & FLAG_VELOCITIES:
+            return StreamMessage(kind, stream, seq, t, sent, channels=values)
+        if count % 2:
+            raise ProtocolError(
+                "bad_message",
+                f"frame: count {count} is odd, but the flags say values and velocities",
+            )
+        half = count // 2
+        return StreamMessage(
+            kind,
+            stream,
+            seq,
+            t,
+            sent,
+            channels=values[:half],
+            velocities=values[half:],
+            flags=flags,
+        )
     try:
         info = json.loads(data[start:].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

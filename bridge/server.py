@@ -8,8 +8,8 @@ Two threads, each owning one socket:
   every push stream's frames when they fall due on the server clock.
 
 They share only the table of open streams, under a lock. A stream's pose generator
-is used by one thread only: the stream thread for push streams, the control thread
-for pull streams.
+and timeline are used under that stream's own lock: the stream thread computes push
+frames with them, the control thread pulls, switches sources and changes speeds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from bridge import protocol as proto
 from bridge.conventions import ChannelMap, channel_map
 from bridge.protocol import ProtocolError
 from bridge.security import ServerKeys
+from bridge.timeline import Timeline
 
 if TYPE_CHECKING:
     from typing import Self
@@ -43,6 +44,7 @@ __all__ = ["Server", "check_endpoint"]
 
 IDLE_POLL = 0.05  # longest sleep of either loop, so stop() and leases act promptly
 MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve others
+RECORD_BATCH = 4  # a recording's frames per pass: live streams wait at most this long
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
@@ -136,9 +138,38 @@ class _Stream:
     next_seq: int = 0
     late: bool = False
     end: str | None = None
+    velocities: bool = False  # frames and pulls carry channel derivatives too
+    window: int = 0  # a recording's frames allowed in flight unacknowledged
+    allowed: int = 0  # a recording may send frames below this seq
+    timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
+    # Held while the pose generator or the timeline is used: the stream thread
+    # computes a push stream's frames while the control thread may switch it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def time_of(self, seq: int) -> float:
         return self.start + seq / self.fps
+
+    def rows(self, times: np.ndarray, continuous: bool) -> np.ndarray:
+        """Channel rows (T, C) at stream times (T,), or (T, 2C) with their
+        derivatives per second of stream time (the motion's times the speed);
+        call with ``lock`` held."""
+        motion = self.timeline.motion(times)  # (T,)
+        if not self.velocities:
+            rows = self.poses.channels_at(motion, continuous=continuous)  # (T, C)
+            return self.convert.apply(rows)
+        rows = self.poses.channels_at(motion, continuous, velocities=True)  # (T, 2C)
+        half = rows.shape[1] // 2
+        rows[:, half:] *= self.timeline.speeds(times)[:, None]
+        # The convention is linear per column: derivatives convert like values.
+        return np.concatenate(
+            [self.convert.apply(rows[:, :half]), self.convert.apply(rows[:, half:])],
+            axis=1,
+        )
+
+    def control_time(self) -> float:
+        """Stream time from which a control takes effect: the next frame's for a
+        push stream, the latest time asked for a pull stream."""
+        return self.frontier if self.mode == "pull" else self.time_of(self.next_seq)
 
 
 class Server:
@@ -439,6 +470,9 @@ class Server:
                 "max_streams_per_client": self.max_streams_per_client,
                 "max_request_bytes": proto.MAX_REQUEST_BYTES,
                 "lease": self.lease,
+                "max_speed": proto.MAX_SPEED,
+                "max_window": proto.MAX_WINDOW,
+                "max_blend": proto.MAX_BLEND,
             },
         }
 
@@ -451,21 +485,51 @@ class Server:
     def _op_ping(self, owner: bytes) -> dict:
         return {"clock": time.monotonic()}
 
+    def _model_source(self, source: str | dict, seed: int) -> str | list:
+        """A request's source as the model takes it: a name, or (source, seed,
+        weight) components, a component's seed defaulting to ``seed``."""
+        sources = self.model.sources()
+        names = (
+            [source]
+            if isinstance(source, str)
+            else [part["source"] for part in source["blend"]]
+        )
+        for name in names:
+            if name not in sources:
+                raise ProtocolError(
+                    "unknown_source", f"source: unknown {name!r}; known: {sources}"
+                )
+        if isinstance(source, str):
+            return source
+        return [
+            (
+                part["source"],
+                seed if part["seed"] is None else part["seed"],
+                part["weight"],
+            )
+            for part in source["blend"]
+        ]
+
+    @staticmethod
+    def _echo_source(source: str | list) -> str | dict:
+        """A model source as replies show it: seeds filled in."""
+        if isinstance(source, str):
+            return source
+        return {"blend": [{"source": n, "seed": s, "weight": w} for n, s, w in source]}
+
     def _op_open(
         self,
         owner: bytes,
-        source: str,
+        source: str | dict,
         seed: int,
         start: float,
         mode: str,
+        velocities: bool,
         fps: float | None = None,
         convention: str = "raw",
+        window: int = proto.DEFAULT_WINDOW,
     ) -> dict:
-        sources = self.model.sources()
-        if source not in sources:
-            raise ProtocolError(
-                "unknown_source", f"source: unknown {source!r}; known: {sources}"
-            )
+        source = self._model_source(source, seed)
         with self._lock:
             live = sum(s.end is None for s in self._streams.values())
             mine = sum(
@@ -491,13 +555,16 @@ class Server:
             "stream": stream_id,
             "topic": proto.topic(stream_id).decode(),
             "mode": mode,
-            "source": source,
+            "source": self._echo_source(source),
             "seed": seed,
-            "fps": fps if mode == "push" else None,
+            "fps": fps if mode != "pull" else None,
             "start": start,
             "num_channels": self._skeleton["num_channels"],
+            "velocities": velocities,
             "convention": convention,
         }
+        if mode == "record":
+            fields["window"] = window
         convert = self._channel_map(convention)
         info = json.dumps(
             {**fields, "skeleton": convert.skeleton}, separators=(",", ":")
@@ -513,16 +580,19 @@ class Server:
             convert,
             time.monotonic(),
         )
+        stream.velocities = velocities
+        if mode == "record":
+            stream.window = stream.allowed = window
         with self._lock:
             self._streams[stream_id] = stream
         logger.info(
             "stream %d opened by %s: %s, seed %d, %s%s",
             stream_id,
             proto.short_repr(owner),
-            source,
+            proto.short_repr(source),
             seed,
             mode,
-            f" at {fps:g} fps" if mode == "push" else "",
+            f" at {fps:g} fps" if mode != "pull" else "",
         )
         return fields
 
@@ -541,7 +611,7 @@ class Server:
         if target.mode != "pull":
             raise ProtocolError(
                 "wrong_mode",
-                f"stream: {stream} is a push stream; "
+                f"stream: {stream} is a {target.mode} stream; "
                 "open one with mode 'pull' to pull poses",
             )
         target.last_seen = time.monotonic()
@@ -549,31 +619,86 @@ class Server:
         # a second on a CPU) holds back every other client's replies meanwhile; a
         # worker thread per pull stream would remove the wait.
         times = np.asarray(times, dtype=np.float64)  # (T,)
-        # Poses are solved forward from 0: a far jump would hold the control thread
-        # for minutes, so a pull may reach only so far past what was asked before.
-        reach = target.frontier + proto.MAX_PULL_AHEAD
-        if times.max() > reach:
-            raise ProtocolError(
-                "bad_request",
-                f"times: {times.max():g} s is more than {proto.MAX_PULL_AHEAD:g} s "
-                f"past this stream's latest time ({target.frontier:g} s); "
-                "step forward in smaller jumps",
-            )
-        target.frontier = max(target.frontier, float(times.max()))
-        rows = target.poses.channels_at(times, continuous=continuous)  # (T, C)
-        rows = target.convert.apply(rows)
-        values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C)
+        with target.lock:
+            motion = target.timeline.motion(times)  # (T,)
+            # Poses are solved forward from 0: a far jump would hold the control
+            # thread for minutes, so a pull reaches only so far past the latest
+            # time asked (in motion time: fast playback costs more).
+            reach = target.timeline.motion(target.frontier)[0] + proto.MAX_PULL_AHEAD
+            if motion.max() > reach:
+                raise ProtocolError(
+                    "bad_request",
+                    f"times: {times.max():g} s is more than "
+                    f"{proto.MAX_PULL_AHEAD:g} s of motion past this stream's "
+                    f"latest time ({target.frontier:g} s); step forward in "
+                    "smaller jumps",
+                )
+            target.frontier = max(target.frontier, float(times.max()))
+            rows = target.rows(times, continuous)  # (T, C) or (T, 2C)
+        values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C) or (T, 2C)
         fields = {
             "stream": stream,
             "count": values.shape[0],
-            "channels": values.shape[1],
+            "channels": self._skeleton["num_channels"],
             "dtype": "<f4",
+            "velocities": target.velocities,
         }
         return fields, [values.tobytes()]
 
     def _op_close(self, owner: bytes, stream: int) -> dict:
         self._live(stream).end = "closed"
         return {"stream": stream}
+
+    def _op_switch(
+        self, owner: bytes, stream: int, source: str | dict, seed: int
+    ) -> dict:
+        target = self._live(stream)
+        source = self._model_source(source, seed)
+        with target.lock:
+            after = target.timeline.motion(target.control_time())[0]
+            motion = target.poses.switch(source, seed, float(after))
+            at = target.timeline.stream_time(motion)
+        logger.info(
+            "stream %d: switching to %s, seed %d, at motion time %.4f s",
+            stream,
+            proto.short_repr(source),
+            seed,
+            motion,
+        )
+        return {
+            "stream": stream,
+            "source": self._echo_source(source),
+            "seed": seed,
+            "at": at,
+            "motion_time": motion,
+        }
+
+    def _op_ack(self, owner: bytes, stream: int, received: int) -> dict:
+        target = self._live(stream)
+        if target.mode != "record":
+            raise ProtocolError(
+                "wrong_mode",
+                f"stream: {stream} is a {target.mode} stream; only a 'record' "
+                "stream takes acknowledgements",
+            )
+        if received > target.next_seq:
+            raise ProtocolError(
+                "bad_request",
+                f"received: {received} frames, but only {target.next_seq} were sent",
+            )
+        # Acknowledgements may arrive out of order (retries): never shrink.
+        target.allowed = max(target.allowed, received + target.window)
+        return {"stream": stream, "received": received, "allowed": target.allowed}
+
+    def _op_speed(self, owner: bytes, stream: int, speed: float) -> dict:
+        target = self._live(stream)
+        with target.lock:
+            at = target.control_time()
+            motion = target.timeline.set_speed(at, speed)
+            if target.mode != "pull":
+                target.timeline.forget_before(at)  # push frames never look back
+        logger.info("stream %d: speed %g from stream time %.4f s", stream, speed, at)
+        return {"stream": stream, "speed": speed, "at": at, "motion_time": motion}
 
     # ------------------------------------------------------------ stream thread
 
@@ -602,6 +727,7 @@ class Server:
         with self._lock:
             streams = list(self._streams.values())
         wake = now + IDLE_POLL
+        recordings = []
         for stream in streams:
             if stream.end is None and now - stream.last_seen > self.lease:
                 stream.end = "expired"
@@ -615,12 +741,15 @@ class Server:
                 continue
             if (
                 stream.clock0 is None
-                and stream.mode == "push"
+                and stream.mode != "pull"
                 and any(proto.topic(stream.id).startswith(p) for p in +self._prefixes)
             ):
                 # Subscribed before it was opened (an empty or prefix subscription).
                 self._send_skeleton(xpub, stream)
             if stream.clock0 is None:  # a pull stream, or no subscriber yet
+                continue
+            if stream.mode == "record":
+                recordings.append(stream)
                 continue
             count = 0
             while (
@@ -633,41 +762,51 @@ class Server:
             due = stream.clock0 + stream.next_seq / stream.fps
             self._check_late(stream, time.monotonic() - due)
             wake = min(wake, due)
+
+        # Recordings take what time the live streams leave, a few frames each.
+        for stream in recordings:
+            count = min(RECORD_BATCH, stream.allowed - stream.next_seq)
+            if count > 0:
+                self._send_frames(xpub, stream, count)
+            if stream.allowed > stream.next_seq:
+                wake = now
         return max(0.0, wake - time.monotonic())
 
     def _send_frames(self, xpub: zmq.Socket, stream: _Stream, count: int) -> None:
         """Compute and publish frames ``next_seq`` to ``next_seq + count - 1``."""
-        seqs = np.arange(stream.next_seq, stream.next_seq + count, dtype=np.float64)
-        times = stream.start + seqs / stream.fps  # (count,), t = start + seq / fps
-        try:
-            # Principal angles: a frame is a function of its time alone, so streams
-            # at different rates agree exactly where their times coincide.
-            rows = stream.poses.channels_at(times, continuous=False)  # (count, C)
-            rows = stream.convert.apply(rows)
-        except Exception:
-            logger.exception(
-                "stream %d: the model failed at t = %.6f s; ending it",
-                stream.id,
-                times[0],
-            )
-            stream.end = "error"
-            return
-        for i in range(count):
-            message = proto.encode_frame(
-                stream.id,
-                stream.next_seq + i,
-                float(times[i]),
-                time.monotonic(),
-                rows[i],
-            )
-            xpub.send(message, zmq.NOBLOCK)
+        # The lock covers computing, sending and counting the frames: a speed
+        # change or switch must see next_seq past every frame computed so far.
+        with stream.lock:
+            first = stream.next_seq
+            seqs = np.arange(first, first + count, dtype=np.float64)
+            times = stream.start + seqs / stream.fps  # (count,), start + seq / fps
+            try:
+                # Principal angles: a frame is a function of its time alone, so
+                # streams at different rates agree exactly where times coincide.
+                rows = stream.rows(times, continuous=False)  # (count, C) or 2C
+            except Exception:
+                logger.exception(
+                    "stream %d: the model failed at t = %.6f s; ending it",
+                    stream.id,
+                    times[0],
+                )
+                stream.end = "error"
+                return
+            half = self._skeleton["num_channels"]
+            for i in range(count):
+                message = proto.encode_frame(
+                    stream.id,
+                    first + i,
+                    float(times[i]),
+                    time.monotonic(),
+                    rows[i, :half],
+                    rows[i, half:] if stream.velocities else None,
+                )
+                xpub.send(message, zmq.NOBLOCK)
+            stream.next_seq = first + count
         logger.debug(
-            "stream %d: frames %d-%d sent",
-            stream.id,
-            stream.next_seq,
-            stream.next_seq + count - 1,
+            "stream %d: frames %d-%d sent", stream.id, first, first + count - 1
         )
-        stream.next_seq += count
 
     def _check_late(self, stream: _Stream, lateness: float) -> None:
         if lateness > LATE_WARNING and not stream.late:
@@ -734,7 +873,7 @@ class Server:
                 matches = [
                     s
                     for s in self._streams.values()
-                    if s.mode == "push"
+                    if s.mode != "pull"
                     and s.end is None
                     and proto.topic(s.id).startswith(prefix)
                 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 import shutil
@@ -17,7 +18,7 @@ import pytest
 import zmq
 
 from bridge import protocol as proto
-from bridge.client import Client, StreamEnded
+from bridge.client import Client, StreamEnded, blend
 from bridge.protocol import ProtocolError
 from bridge.server import Server, check_endpoint
 from motionode.bvh import Skeleton, parse_bvh
@@ -56,11 +57,29 @@ class FakeStream:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.switches: list[tuple[float, int]] = []  # (time, seed) from then on
+        self.latest = 0.0
 
-    def channels_at(self, times: np.ndarray, continuous: bool = True) -> np.ndarray:
+    def channels_at(
+        self, times: np.ndarray, continuous: bool = True, velocities: bool = False
+    ) -> np.ndarray:
         t = np.asarray(times, dtype=np.float64).reshape(-1, 1)  # (T, 1)
-        angles = t * 50.0 * np.arange(1, 10) + self.seed  # (T, 9)
-        return angles if continuous else (angles + 180.0) % 360.0 - 180.0
+        seed = np.full_like(t, self.seed)
+        for at, new in self.switches:
+            seed[t >= at] = new
+        self.latest = max(self.latest, float(t.max(initial=0.0)))
+        angles = t * 50.0 * np.arange(1, 10) + seed  # (T, 9)
+        rows = angles if continuous else (angles + 180.0) % 360.0 - 180.0
+        if velocities:
+            rates = np.broadcast_to(50.0 * np.arange(1, 10), rows.shape)
+            rows = np.concatenate([rows, rates], axis=1)  # (T, 18)
+        return rows
+
+    def switch(self, source, seed: int, at: float) -> float:
+        """Like PoseStream.switch: from the next 1/30 s step after what was asked."""
+        at = max(math.ceil(at * 30 - 1e-9), math.floor(self.latest * 30) + 1) / 30
+        self.switches.append((at, seed))
+        return at
 
 
 class FakeModel:
@@ -74,8 +93,9 @@ class FakeModel:
     def sources(self) -> list[str]:
         return ["prior", "clip:walk"]
 
-    def open(self, source: str = "prior", seed: int = 0) -> FakeStream:
-        if source not in self.sources():
+    def open(self, source="prior", seed: int = 0) -> FakeStream:
+        names = [source] if isinstance(source, str) else [p[0] for p in source]
+        if any(name not in self.sources() for name in names):
             raise ValueError(f"source: unknown {source!r}")
         return FakeStream(seed)
 
@@ -587,3 +607,279 @@ def test_stale_reply_is_never_taken_for_a_new_one(zctx):
     assert second == [222.0]
     c.close()
     slow.close()
+
+
+# ---------------------------------------------------------------- stream controls
+
+
+def test_switch_changes_a_live_stream_from_the_next_frame_on(client):
+    stream = client.open_stream(fps=60, seed=1)
+    before = collect(stream, 10)
+    reply = client.switch(stream, "clip:walk", seed=7)
+    assert reply["source"] == "clip:walk" and reply["seed"] == 7
+    assert reply["at"] == reply["motion_time"]  # speed 1: the two clocks agree
+    frames = before + collect(stream, 30)
+    assert reply["at"] > before[-1].t and reply["at"] < frames[-1].t
+    assert [f.seq for f in frames] == list(range(40)) and stream.gaps == 0
+    for f in frames:
+        seed = 7 if f.t >= reply["at"] else 1
+        expected = FakeStream(seed).channels_at([f.t], continuous=False)[0]
+        np.testing.assert_array_equal(f.channels, expected.astype(np.float32))
+
+
+def test_speed_scales_motion_time_and_keeps_stream_time(client):
+    stream = client.open_stream(fps=100, seed=2)
+    collect(stream, 5)
+    paused = client.set_speed(stream, 0)
+    frames = collect(stream, 20)
+    fast = client.set_speed(stream, 2.0)
+    frames += collect(stream, 20)
+    assert paused["at"] == paused["motion_time"] and fast["at"] > paused["at"]
+    # Switching a paused stream: it happens in motion time, once it plays on.
+    slow = client.open_stream(fps=100, seed=2)
+    client.set_speed(slow, 0)
+    assert client.switch(slow, "prior", seed=1)["at"] is None
+    assert fast["motion_time"] == paused["motion_time"]  # nothing moved meanwhile
+    for f in frames:
+        assert f.t == f.seq / 100  # stream time keeps the wall clock's pace
+        if f.t < fast["at"]:
+            motion = paused["motion_time"]
+        else:
+            motion = fast["motion_time"] + 2.0 * (f.t - fast["at"])
+        expected = FakeStream(2).channels_at([motion], continuous=False)[0]
+        np.testing.assert_allclose(f.channels, expected, atol=1e-3)
+
+
+def test_timeline_is_continuous_and_never_rewrites_the_past():
+    from bridge.timeline import Timeline
+
+    line = Timeline()
+    assert line.motion([0.0, 1.5]).tolist() == [0.0, 1.5]  # speed 1: exactly t
+    assert line.set_speed(1.0, 0.0) == 1.0
+    assert line.set_speed(3.0, 2.0) == 1.0  # paused from 1 s to 3 s
+    assert line.motion([0.5, 2.0, 3.0, 4.0]).tolist() == [0.5, 1.0, 1.0, 3.0]
+    assert line.speeds([0.5, 2.0, 3.0]).tolist() == [1.0, 0.0, 2.0]
+    assert line.stream_time(5.0) == 5.0
+    with pytest.raises(ValueError, match="before the latest speed change"):
+        line.set_speed(2.0, 1.0)
+    line.set_speed(5.0, 0.0)
+    assert line.stream_time(line.motion(5.0)[0] + 0.1) is None  # never, paused
+
+
+def test_pull_streams_map_times_through_their_speed(client):
+    pid = client.open_pull(seed=3)
+    client.pull(pid, [1.0])  # speed changes apply from the latest time asked
+    reply = client.set_speed(pid, 0.5)
+    assert (reply["at"], reply["motion_time"]) == (1.0, 1.0)
+    rows = client.pull(pid, [0.5, 1.0, 3.0])
+    expected = FakeStream(3).channels_at([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(rows, expected, atol=1e-4)
+    switched = client.switch(pid, "prior", seed=9)
+    assert switched["at"] > 3.0  # after everything already pulled
+    assert switched["motion_time"] == pytest.approx(2.0 + 0.5 * (switched["at"] - 3.0))
+
+
+def test_blend_source_opens_and_echoes_its_seeds(client):
+    source = blend(("clip:walk", 0.25), ("prior", 0.75, 3))
+    stream = client.open_stream(source, fps=30, seed=5)
+    assert stream.source == {
+        "blend": [
+            {"source": "clip:walk", "seed": 5, "weight": 0.25},
+            {"source": "prior", "seed": 3, "weight": 0.75},
+        ]
+    }
+    assert stream.info["source"] == stream.source
+    assert stream.recv(2.0).seq == 0
+    reply = client.switch(stream, blend(("prior", 0.5), ("prior", 0.5, 1)))
+    assert reply["source"]["blend"][0]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "op, fields, code, words",
+    [
+        ("speed", {"speed": -0.5}, "bad_request", "speed: expected a number from 0"),
+        ("speed", {"speed": 4.5}, "bad_request", "got 4.5"),
+        ("speed", {"speed": "fast"}, "bad_request", "speed"),
+        ("speed", {}, "bad_request", "missing field(s) ['speed']"),
+        ("switch", {"source": "clip:nope"}, "unknown_source", "clip:nope"),
+        ("switch", {"source": 5}, "bad_request", "source"),
+        ("switch", {}, "bad_request", "missing field(s) ['source']"),
+        (
+            "switch",
+            {"source": blend(("prior", 0.5), ("clip:walk", 0.4))},
+            "bad_request",
+            "weights sum to 0.9",
+        ),
+        (
+            "switch",
+            {"source": blend(("prior", 1.0))},
+            "bad_request",
+            "source.blend: expected a list of 2 to 8",
+        ),
+        (
+            "switch",
+            {"source": blend(("prior", 1.5), ("prior", -0.5))},
+            "bad_request",
+            "source.blend[0].weight",
+        ),
+        (
+            "switch",
+            {"source": {"blend": [{"source": "prior", "weight": 0.5, "x": 1}] * 2}},
+            "bad_request",
+            "source.blend[0]: expected only",
+        ),
+        (
+            "switch",
+            {"source": blend(("prior", 0.5), ("clip:nope", 0.5))},
+            "unknown_source",
+            "clip:nope",
+        ),
+        ("switch", {"source": {"mix": []}}, "bad_request", "source"),
+    ],
+)
+def test_stream_controls_reject_bad_fields(client, op, fields, code, words):
+    stream = client.open_pull()
+    with pytest.raises(ProtocolError) as exc:
+        client.request(op, stream=stream, **fields)
+    assert exc.value.code == code and words in exc.value.message
+    good = {"speed": {"speed": 1.0}, "switch": {"source": "prior"}}[op]
+    with pytest.raises(ProtocolError, match="unknown_stream"):
+        client.request(op, stream=stream + 1, **good)
+
+
+def test_velocities_ride_in_frames_and_pulls_scaled_by_speed(client):
+    stream = client.open_stream(fps=50, velocities=True)
+    assert stream.info["velocities"] is True
+    rates = (50.0 * np.arange(1, 10)).astype(np.float32)
+    first = stream.recv(2.0)
+    np.testing.assert_array_equal(first.velocities, rates)
+    assert first.channels.shape == (9,)
+    reply = client.set_speed(stream, 0.5)
+    later = [f for f in collect(stream, 10) if f.t >= reply["at"]]
+    assert later and all(np.array_equal(f.velocities, rates / 2) for f in later)
+
+    pid = client.open_pull(velocities=True)
+    rows = client.pull(pid, [0.1, 0.2])
+    assert rows.shape == (2, 18)
+    np.testing.assert_array_equal(rows[:, 9:], np.stack([rates, rates]))
+    plain = client.open_stream(fps=50)
+    assert plain.recv(2.0).velocities is None
+
+
+def test_velocity_flag_marks_the_frame_layout():
+    message = proto.encode_frame(7, 1, 0.5, 1.0, np.arange(3.0), np.ones(3))
+    assert proto.HEADER.unpack_from(message, 9)[3] == proto.FLAG_VELOCITIES
+    decoded = proto.decode_stream_message(message)
+    assert decoded.channels.tolist() == [0.0, 1.0, 2.0]
+    assert decoded.velocities.tolist() == [1.0, 1.0, 1.0]
+    odd = bytearray(proto.encode_frame(7, 1, 0.5, 1.0, np.arange(3.0)))
+    odd[15] = proto.FLAG_VELOCITIES  # three values cannot split in two halves
+    with pytest.raises(ProtocolError, match="odd"):
+        proto.decode_stream_message(bytes(odd))
+
+
+def test_real_model_velocities_over_the_wire(real_model):
+    source = real_model.sources()[-1]
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=10.0) as c:
+        pid = c.open_pull(source, seed=1, velocities=True)
+        c.set_speed(pid, 2.0)
+        rows = c.pull(pid, [0.25, 0.5])
+    expected = real_model.open(source, seed=1).channels_at(
+        np.array([0.5, 1.0]), velocities=True
+    )
+    C = expected.shape[1] // 2
+    expected[:, C:] *= 2.0  # per second of stream time, at double speed
+    np.testing.assert_allclose(rows, expected.astype(np.float32), rtol=1e-6, atol=1e-4)
+
+
+def test_recording_arrives_complete_and_faster_than_real_time(server, client, zctx):
+    seconds, fps = 10.0, 60
+    with Client(server.control_endpoint, timeout=1.0, context=zctx) as live_client:
+        live = live_client.open_stream(fps=100, seed=1)
+        began = time.monotonic()
+        recording = client.open_recording(fps=fps, seed=2, window=64)
+        frames = []
+        while len(frames) < seconds * fps:
+            frames.append(recording.recv(2.0))
+            if len(frames) == 200:
+                time.sleep(0.3)  # a slow reader: the server waits, loses nothing
+        took = time.monotonic() - began
+        live_frames = collect(live, 50)
+
+    assert [f.seq for f in frames] == list(range(int(seconds * fps)))
+    assert all(f.t == f.seq / fps for f in frames) and recording.gaps == 0
+    assert took < seconds / 2  # typically 0.5 s, 0.3 s of it the reader's pause
+    expected = FakeStream(2).channels_at([f.t for f in frames], continuous=False)
+    got = np.stack([f.channels for f in frames])
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # The live stream kept its pace meanwhile (a stalled one would lag seconds).
+    assert live.gaps == 0
+    assert max(b.sent - a.sent for a, b in itertools.pairwise(live_frames)) < 0.25
+
+
+def test_recording_controls_reject_bad_fields(client):
+    with pytest.raises(ProtocolError, match="window: only a 'record' stream"):
+        client.request("open", fps=30, window=8)
+    for window in (0, 513, 2.5, True):
+        with pytest.raises(ProtocolError, match="window: expected an integer"):
+            client.request("open", fps=30, mode="record", window=window)
+    with pytest.raises(ProtocolError, match=r"missing field\(s\) \['fps'\]"):
+        client.request("open", mode="record")
+    push = client.open_stream(fps=30)
+    with pytest.raises(ProtocolError) as exc:
+        client.request("ack", stream=push.id, received=1)
+    assert exc.value.code == "wrong_mode"
+    recording = client.open_recording(fps=30, window=4)
+    assert recording.window == 4 and recording.info["window"] == 4
+    recording.recv(2.0)
+    with pytest.raises(ProtocolError, match="received: 1000 frames, but only"):
+        client.request("ack", stream=recording.id, received=1000)
+    with pytest.raises(ProtocolError, match="received: expected a count"):
+        client.request("ack", stream=recording.id, received=-1)
+
+
+@pytest.mark.slow
+def test_real_model_recording_beats_the_clock(real_model):
+    source = real_model.sources()[-1]
+    seconds, fps = 4.0, 60
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=10.0) as c:
+        began = time.monotonic()
+        recording = c.open_recording(source, fps=fps, seed=1)
+        frames = [recording.recv(10.0) for _ in range(int(seconds * fps))]
+        took = time.monotonic() - began
+    assert [f.seq for f in frames] == list(range(int(seconds * fps)))
+    assert all(f.t == f.seq / fps for f in frames)
+    assert took < seconds
+
+
+def test_real_model_switch_and_slow_motion_stay_smooth(real_model):
+    # A live stream at 120 fps through a switch and a speed change: no step between
+    # consecutive frames larger than the bundled clips' largest (at 120 fps).
+    clips = list(real_model.seeds.values())
+    data_step = max(
+        np.linalg.norm(np.diff(c.world_positions(), axis=0), axis=-1).max()
+        * c.fps
+        / 120
+        for c in clips
+    )
+    sources = real_model.sources()
+    with Server(real_model) as srv, Client(srv.control_endpoint, timeout=10.0) as c:
+        stream = c.open_stream(sources[-1], fps=120, seed=1)
+        frames = collect(stream, 24, timeout=10.0)
+        switched = c.switch(stream, sources[1], seed=2)
+        slowed = c.set_speed(stream, 0.5)
+        # Read on until both have played out (a loaded server may run ahead of
+        # this reader: controls apply at the next frame the server sends).
+        # At half speed the 0.5 s cross-fade takes a second of stream time.
+        until = max(slowed["at"] + 0.3, switched["at"] + 1.1)
+        while frames[-1].t < until and len(frames) < 600:
+            frames.append(stream.recv(10.0))
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    assert frames[24].t <= min(switched["at"], slowed["at"])
+    assert max(switched["at"], slowed["at"]) + 0.3 < frames[-1].t
+    rows = np.stack([f.channels for f in frames]).astype(np.float64)
+    from motionode.bvh import Clip
+
+    pos = Clip(real_model.skeleton, rows, 1 / 120).world_positions()
+    step = np.linalg.norm(np.diff(pos, axis=0), axis=-1).max(-1)  # (F-1,)
+    assert step.max() <= data_step

@@ -81,3 +81,19 @@ def test_unknown_convention_is_refused(client):
         client.open_pull(SOURCE, convention="maya")
     with pytest.raises(ProtocolError, match="convention"):
         client.skeleton("Unity")
+
+
+def test_velocities_convert_with_their_channels(client):
+    from bridge.conventions import channel_map
+
+    convert = channel_map(model().skeleton, model().spec.units_to_m, "unity")
+    raw_id = client.open_pull(SOURCE, seed=2, velocities=True)
+    unity_id = client.open_pull(SOURCE, seed=2, velocities=True, convention="unity")
+    raw = client.pull(raw_id, TIMES).astype(np.float64)  # (T, 2C)
+    unity = client.pull(unity_id, TIMES).astype(np.float64)
+    c = model().skeleton.num_channels
+    assert unity.shape == (len(TIMES), 2 * c)
+    for half in (slice(0, c), slice(c, 2 * c)):
+        want = convert.apply(raw[:, half])
+        assert np.abs(unity[:, half] - want).max() <= 1e-4 * (1 + np.abs(want).max())
+    assert np.abs(raw[:, c:]).max() > 1.0  # the motion does move

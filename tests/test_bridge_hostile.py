@@ -33,16 +33,26 @@ BAD_FIELD = {
     "stream": [-1, 2**40, "1", 1.0, True],
     "times": [1.0, ["0"], [-1.0], [float("nan")], list(range(10_000)), [True]],
     "continuous": [1, "yes", None],
+    "velocities": [1, "true", None],
+    "convention": ["maya", "Unity", 1, None],
+    "window": [0, 513, 1.5, "8", True],
+    "speed": [-1, 5, float("nan"), "1", True],
+    "received": [-1, 2**70, "3", 1.5],
 }
 OPS = {
     "hello": [],
     "skeleton": [],
     "sources": [],
     "ping": [],
-    "open": ["source", "seed", "fps", "start", "mode"],
+    "open": [
+        "source", "seed", "fps", "start", "mode", "velocities", "convention", "window"
+    ],
     "pull": ["stream", "times", "continuous"],
     "close": ["stream"],
-}
+    "switch": ["stream", "source", "seed"],
+    "speed": ["stream", "speed"],
+    "ack": ["stream", "received"],
+}  # fmt: skip
 
 
 def hostile_message(rng: random.Random) -> bytes:
@@ -82,7 +92,7 @@ def hostile_message(rng: random.Random) -> bytes:
             if body["op"] == "pull":
                 body.setdefault("stream", 12345)  # no such stream either
                 body.setdefault("times", [0.0])
-            if body["op"] == "close":
+            if body["op"] in ("close", "switch", "speed", "ack"):
                 body.setdefault("stream", 12345)
     try:
         return json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")

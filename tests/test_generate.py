@@ -8,6 +8,7 @@ from motionode.evaluate import clip_speeds, stream_speeds
 from motionode.generate import MotionModel, assets_dir
 
 WALK = "clip:dataset-1_walk_normal_001"
+RUN = "clip:dataset-1_run_normal_001"
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,167 @@ def test_seed_clip_of_another_rig_is_refused(model):
     # The same rig with other joint names (exporters differ) is accepted.
     model.add_seed("renamed", parse_bvh(text.replace("Hips", "Pelvis"), "r.bvh"))
     assert "clip:renamed" in model.sources()
+
+
+# ---------------------------------------------------------------- stream controls
+
+BOW = "clip:dataset-1_bow_normal_001"
+
+
+@pytest.fixture(scope="module")
+def data_step_120(model) -> float:
+    """Largest joint displacement between consecutive frames in the bundled clips,
+    scaled to 120 fps: each clip's largest per-frame step (any joint, any frame)
+    times its frame rate over 120, the maximum over all clips. Scaling assumes
+    constant speed within a frame, which understates peaks, so the bound is
+    strict."""
+    steps = []
+    for clip in model.seeds.values():
+        pos = clip.world_positions() * model.spec.units_to_m  # (F, J, 3)
+        step = np.linalg.norm(np.diff(pos, axis=0), axis=-1).max()
+        steps.append(step * clip.fps / 120)
+    return max(steps)
+
+
+@pytest.mark.parametrize("source, target", [(WALK, BOW), ("prior", RUN)])
+def test_switch_moves_no_faster_than_the_data(model, data_step_120, source, target):
+    stream = model.open(source, seed=1)
+    before = stream.positions_at(np.array([1.0]))  # played up to 1 s
+    at = stream.switch(target, seed=3, at=1.1)
+    assert at == pytest.approx(1.1) and at * stream.rate == round(at * stream.rate)
+
+    times = np.arange(120, 1.7 * 120 + 1) / 120  # through the whole cross-fade
+    pos = stream.positions_at(times)
+    step = np.linalg.norm(np.diff(pos, axis=0), axis=-1).max(-1)  # (F-1,)
+    assert step.max() <= data_step_120
+    # What was answered before the switch stands; after it the motion differs.
+    np.testing.assert_array_equal(pos[0], before[-1])
+    plain = model.open(source, seed=1).positions_at(times)
+    np.testing.assert_array_equal(pos[times < at], plain[times < at])
+    # At the switch itself the new segment starts all on the old motion.
+    np.testing.assert_allclose(pos[times == at], plain[times == at], atol=1e-12)
+    assert np.abs(pos[-1] - plain[-1]).max() > 0.02
+
+
+def test_switch_keeps_position_and_velocity_continuous(model):
+    stream = model.open(WALK, seed=0)
+    stream.positions_at(np.array([0.9]))
+    at = stream.switch(BOW, seed=2, at=1.0)
+    d = 1e-3
+
+    def jump(t: float) -> float:
+        p = stream.positions_at(np.array([t - d, t, t + d]))  # (3, J, 3)
+        return float(np.abs((p[2] - p[1]) - (p[1] - p[0])).max() / d)
+
+    ordinary = max(jump(t) for t in (0.3, 0.7, 1.25, 1.7))
+    # The cross-fade's start and end, where the weight's curve begins and stops.
+    for t in (at, at + stream.blend):
+        assert jump(t) < 3 * ordinary + 1e-3
+
+
+def test_switch_waits_for_what_was_asked_and_for_a_running_fade(model):
+    stream = model.open("prior", seed=0)
+    stream.channels_at(np.array([1.52]))
+    # Asked for 1.52 s already: the switch starts at the next solver step.
+    assert stream.switch(WALK, seed=0, at=0.5) == pytest.approx(46 / 30)
+    # A second switch waits for the first cross-fade to finish.
+    assert stream.switch("prior", seed=1, at=1.6) == pytest.approx(
+        46 / 30 + stream.blend
+    )
+    # One at a segment's start replaces its re-encoding; one inside its fade waits.
+    fresh = model.open("prior", seed=0)
+    assert fresh.switch(WALK, seed=0, at=2.0) == 2.0
+    later = model.open("prior", seed=0)
+    assert later.switch(WALK, seed=0, at=2.1) == pytest.approx(2.0 + later.blend)
+    with pytest.raises(ValueError, match="unknown 'clip:nope'"):
+        stream.switch("clip:nope", seed=0, at=3.0)
+    with pytest.raises(ValueError, match="at"):
+        stream.switch(WALK, seed=0, at=float("nan"))
+
+
+def test_blend_of_sources_mixes_their_latents(model):
+    half = [(WALK, 0, 0.5), ("prior", 3, 0.5)]
+    stream = model.open(half)
+    walk, prior = model.open(WALK, seed=0), model.open("prior", seed=3)
+    L = stream.latent
+    z = stream._segments[0].state[:L]
+    mix = 0.5 * walk._segments[0].state[:L] + 0.5 * prior._segments[0].state[:L]
+    np.testing.assert_allclose(z.numpy(), mix.numpy(), rtol=0, atol=1e-12)
+    pos = stream.positions_at(np.arange(0, 25) / 12)
+    assert np.isfinite(pos).all() and np.abs(np.diff(pos, axis=0)).max() > 0
+    # A blend of a source with itself is that source.
+    same = model.open([(WALK, 0, 0.25), (WALK, 0, 0.75)])
+    np.testing.assert_allclose(
+        same.channels_at(np.array([0.0, 1.0])),
+        walk.channels_at(np.array([0.0, 1.0])),
+        atol=1e-9,
+    )
+    for bad, match in [
+        ([(WALK, 0, 0.5)], "2 to"),
+        ([(WALK, 0, 0.5), ("prior", 0, 0.4)], "sum to 0.9"),
+        ([(WALK, 0, 1.5), ("prior", 0, -0.5)], "expected > 0"),
+        ([(WALK, 0, 0.5), ("clip:nope", 0, 0.5)], "unknown 'clip:nope'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.open(bad)
+
+
+def _wrapped(diff: np.ndarray) -> np.ndarray:
+    """Differences of channel values with 360-degree turns taken out."""
+    return (diff + 180.0) % 360.0 - 180.0
+
+
+def test_velocities_match_a_central_difference(model):
+    stream = model.open(WALK, seed=0)
+    stream.channels_at(np.array([0.9]))
+    at = stream.switch(BOW, seed=1, at=1.0)
+    times = np.array([0.41, at + 0.13, at + 0.29, 2.61])  # two inside the fade
+    rows = stream.channels_at(times, continuous=False, velocities=True)  # (T, 2C)
+    C = rows.shape[1] // 2
+    h = 1e-6
+    ahead = stream.channels_at(times + h, continuous=False)
+    behind = stream.channels_at(times - h, continuous=False)
+    fd = _wrapped(ahead - behind) / (2 * h)
+    # RK4 partial steps and float64 rounding over 2h: a loose tolerance.
+    assert np.abs(fd - rows[:, C:]).max() < 1e-3 * np.abs(rows[:, C:]).max()
+    np.testing.assert_allclose(
+        rows[:, :C], stream.channels_at(times, continuous=False), atol=1e-12
+    )
+
+    # Unwrapped angles: the derivative follows the Euler triple unwrapping chose.
+    grid = np.arange(0.05, 3.0, 0.5)
+    pairs = np.sort(np.concatenate([grid - h, grid + h]))
+    cont = stream.channels_at(pairs, continuous=True, velocities=True)
+    fd = (cont[1::2, :C] - cont[0::2, :C]) / (2 * h)
+    mean = (cont[1::2, C:] + cont[0::2, C:]) / 2
+    assert np.abs(fd - mean).max() < 1e-3 * np.abs(mean).max()
+
+
+# torch's forward-mode autodiff loads its decompositions through torch.jit.script.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_velocities_are_exact_through_the_decoder(model):
+    import torch
+
+    stream = model.open("prior", seed=4)
+    L = stream.latent
+    seg, tau, y = stream._state_at(1.37)
+    by_jvp = stream._velocity(seg, tau, y)
+
+    def channels(tau, y):
+        pose = model.denormalize(stream._pose(seg, tau, y))
+        return model.feature_channels()(pose, y[2 * L :])
+
+    tau_t = torch.tensor(tau, dtype=torch.float64)
+    d_tau, d_y = torch.autograd.functional.jacobian(channels, (tau_t, y))
+    direct = d_tau + d_y @ stream._field(seg)(tau_t, y)  # (C,)
+    torch.testing.assert_close(by_jvp, direct, rtol=1e-12, atol=1e-9)
+    # And with forward-mode differentiation, the other exact way.
+    tangents = (torch.ones_like(tau_t), stream._field(seg)(tau_t, y))
+    _, forward = torch.func.jvp(channels, (tau_t, y), tangents)
+    torch.testing.assert_close(by_jvp, forward, rtol=1e-12, atol=1e-9)
+    # The torch decoding is the numpy one.
+    np.testing.assert_allclose(
+        channels(tau_t, y).detach().numpy(),
+        stream.channels_at(np.array([1.37]), continuous=False)[0],
+        atol=1e-9,
+    )

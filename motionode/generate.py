@@ -456,9 +456,7 @@ class PoseStream:
                 )
                 / self.rate
             )
-            x = torch.stack(
-                [self._pose(prev, float(a), y) for a, y in zip(tau, grid[-n:])]
-            )  # (n, D)
+            x = self._pose(prev, tau[:, None], grid[-n:])  # (n, D), one decoder call
             seed, ordinal = prev.seed, prev.ordinal + 1
             gen = self._generator(seed, ordinal)
             z = m.posterior(x, tau - tau[-1], gen, self.temperature)
@@ -565,25 +563,39 @@ class PoseStream:
         return odeint_grid(f, y, span, self.rate)[-1]
 
     @torch.no_grad()
+    def _grid_to(self, index: int, step: int) -> list[torch.Tensor]:
+        """Grid states of segment ``index`` from its start to segment-local solver
+        step ``step`` at least (fewer at the segment's end), solving only the
+        missing ones. The latest two segments' grids are kept.
+
+        Solving step by step as frames need them, rather than a whole segment at
+        its first frame, spreads the work evenly over a live stream's frames.
+        """
+        seg = self._segments[index]
+        step = min(step, self._boundary_after(seg.start) - seg.start)
+        states = self._grid.get(index)
+        if states is None:
+            states = self._grid[index] = [seg.state]
+            for old in list(self._grid)[:-2]:  # oldest first: dicts keep order
+                del self._grid[old]
+        if len(states) <= step:
+            f = self._field(seg)
+            while len(states) <= step:
+                i = len(states) - 1
+                states.append(
+                    self._step(f, states[-1], i / self.rate, (i + 1) / self.rate)
+                )
+        return states
+
     def _solve(self, index: int) -> torch.Tensor:
-        """Grid states (S + 1, 2L + 3) of segment ``index``; the latest two are kept.
+        """Grid states (S + 1, 2L + 3) of segment ``index``.
 
         A switch may shorten a segment after it was solved: its first states stay
         valid, so the kept grid is cut to the segment's length.
         """
         seg = self._segments[index]
         steps = self._boundary_after(seg.start) - seg.start
-        if index not in self._grid:
-            f = self._field(seg)
-            states = [seg.state]
-            for i in range(steps):
-                states.append(
-                    self._step(f, states[-1], i / self.rate, (i + 1) / self.rate)
-                )
-            self._grid[index] = torch.stack(states)
-            for old in list(self._grid)[:-2]:  # oldest first: dicts keep order
-                del self._grid[old]
-        return self._grid[index][: steps + 1]
+        return torch.stack(self._grid_to(index, steps)[: steps + 1])
 
     # ------------------------------------------------------------ queries
 
@@ -595,7 +607,7 @@ class PoseStream:
         step = k - seg.start
         tau_k = step / self.rate
         tau = t - seg.start / self.rate
-        y = self._solve(index)[step]
+        y = self._grid_to(index, step)[step]
         if tau - tau_k > 1e-12:
             y = self._step(self._field(seg), y, tau_k, tau)
         else:

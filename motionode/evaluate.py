@@ -31,6 +31,7 @@ from motionode.train import stride_clip
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "UPSAMPLING_METHODS",
     "clip_speeds",
     "plausibility",
     "prediction_error",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import signal
@@ -157,106 +156,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from motionode.bvh import read_bvh
-    from motionode.evaluate import (
-        clip_speeds,
-        prediction_error,
-        reconstruction_error,
-        stream_speeds,
-    )
-    from motionode.train import find_clips
+    from motionode.eval_cli import run
 
-    model = _load_model(args)
-    if args.clips:
-        paths = find_clips(args.clips)
-    else:
-        paths = _holdout_paths(model)
-    if not paths:
-        raise SystemExit(
-            "eval: no clips given and the model names no held-out "
-            "clips that can be found"
-        )
-    if not (math.isfinite(args.seconds) and args.seconds >= 1):
-        raise ValueError(f"--seconds: expected at least 1 second, got {args.seconds}")
-    clips = [read_bvh(p) for p in paths]
-    rec = reconstruction_error(model, clips)
-    pred = prediction_error(model, clips)
-    data_speed = clip_speeds(model, clips)
-    gen_speed = stream_speeds(model, "prior", 0, args.seconds)
-    result = {
-        "clips": [str(p) for p in paths],
-        "reconstruction": rec,
-        "prediction": pred,
-        "speed_m_per_s": {
-            "held_out_data": _summary(data_speed),
-            "generated_prior": _summary(gen_speed),
-            "generated_per_second": [round(float(v), 4) for v in gen_speed],
-        },
-    }
-    print(f"held-out clips: {len(paths)}, frames: {rec['frames']}")
-    print("reconstruction MPJPE (mm, heading frame):")
-    print(f"  model      {rec['model_mm']:8.1f}")
-    print(f"  mean pose  {rec['mean_pose_mm']:8.1f}")
-    print(
-        f"prediction MPJPE (mm) after the last observed frame "
-        f"({pred['windows']} windows):"
-    )
-    print("  horizon (ms)   " + "".join(f"{h:8d}" for h in pred["horizons_ms"]))
-    for name, key in (
-        ("model", "model_mm"),
-        ("zero velocity", "zero_velocity_mm"),
-        ("const velocity", "constant_velocity_mm"),
-    ):
-        print(f"  {name:15s}" + "".join(f"{v:8.1f}" for v in pred[key]))
-    print("mean joint speed per second (m/s):")
-    for name, s in result["speed_m_per_s"].items():
-        if isinstance(s, dict):
-            print(
-                f"  {name:16s} min {s['min']:.3f}  median {s['median']:.3f}  "
-                f"max {s['max']:.3f}"
-            )
-    train = model.metadata.get("train_speed_m_per_s")
-    if train:
-        print(
-            f"  training data    1st percentile {train['p1']:.3f}  median "
-            f"{train['p50']:.3f}  fastest second {train['p100']:.3f}"
-        )
-    print(f"generated prior stream, each of {len(gen_speed)} seconds (m/s):")
-    for i in range(0, len(gen_speed), 10):
-        print("  " + " ".join(f"{v:.2f}" for v in gen_speed[i : i + 10]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _summary(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {"min": float("nan"), "median": float("nan"), "max": float("nan")}
-    return {
-        "min": float(values.min()),
-        "median": float(np.median(values)),
-        "max": float(values.max()),
-    }
-
-
-def _holdout_paths(model) -> list[Path]:
-    """The model's held-out clips, looked up in the bundled clips and shared data."""
-    from motionode.generate import assets_dir
-
-    names = model.metadata.get("holdout", [])
-    roots = [
-        assets_dir() / "clips",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "bvh",
-    ]
-    found = []
-    for name in names:
-        for root in roots:
-            hits = sorted(root.rglob(name)) if root.is_dir() else []
-            if hits:
-                found.append(hits[0])
-                break
-    return found
+    return run(args, _load_model(args))
 
 
 # ---------------------------------------------------------------------------- live
@@ -600,9 +502,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds",
         type=float,
         default=60.0,
-        help="length of the generated stream whose speed is reported",
+        help="length of each generated stream whose speed and plausibility "
+        "are reported",
+    )
+    e.add_argument(
+        "--sources",
+        nargs="+",
+        default=None,
+        help="generated streams to measure ('prior', 'clip:<name>'); none: the "
+        "prior and a walk seed clip",
+    )
+    e.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="fixes the generated streams and the irregular observation times",
     )
     e.add_argument("--json", help="also write the figures to this JSON file")
+    e.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also draw PNG plots into this folder (needs matplotlib)",
+    )
     e.set_defaults(func=_cmd_eval)
 
     v = sub.add_parser(

@@ -21,6 +21,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import zmq
 
 from bridge import protocol as proto
@@ -189,7 +190,9 @@ def main() -> None:
         default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
         help="stream counts to try at 60 fps, in order",
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # as 'motionode serve' does by default
     model = MotionModel.load(args.model)
     channels = model.skeleton.num_channels
     payload = len(proto.encode_frame(1, 0, 0.0, 0.0, np.zeros(channels))) - 9

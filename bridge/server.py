@@ -142,6 +142,9 @@ class _Stream:
     window: int = 0  # a recording's frames allowed in flight unacknowledged
     allowed: int = 0  # a recording may send frames below this seq
     timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
+    # The next push frame's row, computed in the idle time before it falls due so
+    # it leaves on time: (seq, row). Any control that changes the stream drops it.
+    ahead: tuple[int, np.ndarray] | None = None
     # Held while the pose generator or the timeline is used: the stream thread
     # computes a push stream's frames while the control thread may switch it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -247,6 +250,7 @@ class Server:
         # stream opened later than a matching subscription starts on it.
         self._prefixes: Counter[bytes] = Counter()
         self._bad_input = _LogBudget(BAD_INPUT_LOGS)
+        self._frame_cost = 0.002  # running mean of one frame's compute, seconds
         self._maps: dict[str, ChannelMap] = {}  # per convention, made on first use
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
@@ -655,6 +659,7 @@ class Server:
         target = self._live(stream)
         source = self._model_source(source, seed)
         with target.lock:
+            target.ahead = None
             after = target.timeline.motion(target.control_time())[0]
             motion = target.poses.switch(source, seed, float(after))
             at = target.timeline.stream_time(motion)
@@ -693,6 +698,7 @@ class Server:
     def _op_speed(self, owner: bytes, stream: int, speed: float) -> dict:
         target = self._live(stream)
         with target.lock:
+            target.ahead = None
             at = target.control_time()
             motion = target.timeline.set_speed(at, speed)
             if target.mode != "pull":
@@ -727,7 +733,7 @@ class Server:
         with self._lock:
             streams = list(self._streams.values())
         wake = now + IDLE_POLL
-        recordings = []
+        recordings, live = [], []
         for stream in streams:
             if stream.end is None and now - stream.last_seen > self.lease:
                 stream.end = "expired"
@@ -762,6 +768,14 @@ class Server:
             due = stream.clock0 + stream.next_seq / stream.fps
             self._check_late(stream, time.monotonic() - due)
             wake = min(wake, due)
+            live.append(stream)
+
+        # Idle until the next frame falls due: compute next frames now, as long as
+        # one more fits before then, so they are sent the moment they are due.
+        for stream in live:
+            if time.monotonic() + self._frame_cost >= wake:
+                break
+            self._prepare(stream)
 
         # Recordings take what time the live streams leave, a few frames each.
         for stream in recordings:
@@ -772,6 +786,23 @@ class Server:
                 wake = now
         return max(0.0, wake - time.monotonic())
 
+    def _prepare(self, stream: _Stream) -> None:
+        """Compute the next frame of a push stream ahead of its time."""
+        with stream.lock:
+            seq = stream.next_seq
+            if stream.end is not None or (stream.ahead and stream.ahead[0] == seq):
+                return
+            began = time.monotonic()
+            try:
+                row = stream.rows(np.array([stream.time_of(seq)]), continuous=False)
+            except Exception:
+                # Computed again when due, where a failure ends the stream.
+                logger.debug("stream %d: frame ahead failed", stream.id, exc_info=True)
+                return
+            stream.ahead = (seq, row[0])
+            cost = time.monotonic() - began
+            self._frame_cost = 0.9 * self._frame_cost + 0.1 * cost
+
     def _send_frames(self, xpub: zmq.Socket, stream: _Stream, count: int) -> None:
         """Compute and publish frames ``next_seq`` to ``next_seq + count - 1``."""
         # The lock covers computing, sending and counting the frames: a speed
@@ -780,10 +811,19 @@ class Server:
             first = stream.next_seq
             seqs = np.arange(first, first + count, dtype=np.float64)
             times = stream.start + seqs / stream.fps  # (count,), start + seq / fps
+            ahead, stream.ahead = stream.ahead, None
+            ready = ahead is not None and ahead[0] == first
             try:
                 # Principal angles: a frame is a function of its time alone, so
                 # streams at different rates agree exactly where times coincide.
-                rows = stream.rows(times, continuous=False)  # (count, C) or 2C
+                rows = (
+                    stream.rows(times[ready:], continuous=False)
+                    if count > ready
+                    else None
+                )  # (count - ready, C) or 2C
+                if ready:
+                    first_row = ahead[1][None]
+                    rows = first_row if rows is None else np.vstack([first_row, rows])
             except Exception:
                 logger.exception(
                     "stream %d: the model failed at t = %.6f s; ending it",

@@ -165,8 +165,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
     from bridge.server import Server
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     keys = None
     if args.curve_secret or args.curve_allow:
         from bridge.security import ServerKeys
@@ -320,9 +324,12 @@ def _record(path: str, skeleton: dict, rows: list, fps: float) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """A server on the bundled model and one client reading three rates at once."""
+    import torch
+
     from bridge.client import Client
     from bridge.server import Server
 
+    torch.set_num_threads(1)  # per-frame work is small: one thread is fastest
     model = _load_model(args)
     rates = args.fps
     with _running(Server(model)) as server:
@@ -530,6 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", formatter_class=_FMT, help="stream the model over ZeroMQ"
     )
     model_args(v)
+    v.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for poses (0: torch's own); a frame is small work, "
+        "fastest on one thread, and the other cores serve the sockets",
+    )
     v.add_argument(
         "--control", default="tcp://127.0.0.1:5555", help="request/reply endpoint"
     )

@@ -33,6 +33,7 @@ __all__ = [
     "blend",
 ]
 
+PULL_WALK_S = 5.0  # stream seconds per step when a reopened pull stream catches up
 ACK_RESEND = 0.25  # seconds a recording waits for a frame before acknowledging again
 
 # Handshake failures a client can see: a server that refused our CURVE key (AUTH),
@@ -120,6 +121,14 @@ class Client:
         timeout: seconds to wait for each reply, and for a new stream's skeleton.
         retries: how many times a request is sent again after a timeout.
         keys: CURVE keys (see ``bridge.security``), for a server that uses them.
+        routing_id: this client's identity on the server; give the one of an
+            earlier client (``Client.routing_id``) to take its streams up again
+            within their lease (see :meth:`streams` and :meth:`resume`).
+        recover: seconds to wait for a server that stopped or restarted: a push
+            stream or pull stream is then opened again with the same source, seed
+            and settings, from the stream time it had reached (the same motion,
+            exactly, for times up to 60 s without switches or speed changes); 0
+            (the default) lets :class:`StreamEnded` through instead.
         context: ZeroMQ context; by default the client makes its own.
     """
 
@@ -130,12 +139,16 @@ class Client:
         timeout: float = 2.0,
         retries: int = 3,
         keys: ClientKeys | None = None,
+        routing_id: bytes | None = None,
+        recover: float = 0.0,
         context: zmq.Context | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout: expected a positive number, got {timeout!r}")
         if retries < 0:
             raise ValueError(f"retries: expected 0 or more, got {retries!r}")
+        if not recover >= 0:
+            raise ValueError(f"recover: expected seconds >= 0, got {recover!r}")
         self.control_endpoint = control_endpoint
         self.stream_endpoint = stream_endpoint
         self.timeout = float(timeout)
@@ -144,7 +157,10 @@ class Client:
         self._monitor: zmq.Socket | None = None
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self.routing_id = b"motionode-" + secrets.token_hex(8).encode()
+        self.routing_id = routing_id or b"motionode-" + secrets.token_hex(8).encode()
+        self.recover = float(recover)
+        self._opened: dict[int, dict] = {}  # pull stream -> its open request
+        self._alias: dict[int, int] = {}  # pull stream -> its id after a restart
         self._next_id = 1
         self._last_sent = time.monotonic()
         self._lease: float | None = None  # the server's, once hello has told it
@@ -388,15 +404,11 @@ class Client:
         ``velocities`` its pulls return each row's time derivatives too. Its
         skeleton is ``skeleton(convention)``."""
         extra = {"velocities": True} if velocities else {}
-        reply = self.request(
-            "open",
-            source=source,
-            seed=seed,
-            mode="pull",
-            convention=convention,
-            **extra,
-        )
-        return reply[0]["stream"]
+        params = {"source": source, "seed": seed, "mode": "pull"}
+        params["convention"] = convention
+        stream = self.request("open", **params, **extra)[0]["stream"]
+        self._opened[stream] = {**params, **extra}
+        return stream
 
     def pull(
         self, stream_id: int, times: np.ndarray | list[float], continuous: bool = True
@@ -412,9 +424,26 @@ class Client:
                 depends on its own time only.
         """
         times = np.asarray(times, dtype=np.float64).reshape(-1)  # (T,)
-        fields, extra = self.request(
-            "pull", stream=stream_id, times=times.tolist(), continuous=continuous
-        )
+        try:
+            fields, extra = self.request(
+                "pull",
+                stream=self._alias.get(stream_id, stream_id),
+                times=times.tolist(),
+                continuous=continuous,
+            )
+        except ProtocolError as exc:
+            if not (exc.code == "unknown_stream" and self._reopen_pull(stream_id)):
+                raise
+            # A new stream reaches only so far at once: walk it to these times, in
+            # steps short enough to be answered within the timeout.
+            for t in np.arange(PULL_WALK_S, times.max(), PULL_WALK_S):
+                self.request("pull", stream=self._alias[stream_id], times=[float(t)])
+            fields, extra = self.request(
+                "pull",
+                stream=self._alias[stream_id],
+                times=times.tolist(),
+                continuous=continuous,
+            )
         count, channels = fields["count"], fields["channels"]
         if fields.get("velocities"):
             channels *= 2
@@ -426,6 +455,37 @@ class Client:
             )
         values = np.frombuffer(extra[0], dtype="<f4")  # (T * C,)
         return values.reshape(count, channels)  # (T, C)
+
+    def _reopen_pull(self, stream_id: int) -> bool:
+        """After a server restart: open a pull stream like ``stream_id`` again.
+        False if recovery is off."""
+        if not self.recover or stream_id not in self._opened:
+            return False
+        new = self.request("open", **self._opened[stream_id])[0]["stream"]
+        logger.warning(
+            "pull stream %d: the server lost it (restarted?); opened it again as %d",
+            stream_id,
+            new,
+        )
+        self._alias[stream_id] = new
+        return True
+
+    def streams(self) -> list[dict]:
+        """This client's open streams on the server (by routing id), each as its
+        ``open`` reply described it."""
+        return self.request("streams")[0]["streams"]
+
+    def resume(self, fields: dict) -> ClientStream | int:
+        """Take up a stream listed by :meth:`streams` after reconnecting with the
+        same routing id: a push stream or recording is subscribed again (its
+        skeleton comes first), a pull stream's id is returned for :meth:`pull`."""
+        if fields["mode"] == "pull":
+            return fields["stream"]
+        if self.stream_endpoint is None:
+            self.stream_endpoint = self.hello()["stream_endpoint"]
+        stream = ClientStream(self, fields)
+        self._streams.append(stream)
+        return stream
 
     def switch(
         self, stream: int | ClientStream, source: str | dict, seed: int = 0
@@ -486,6 +546,9 @@ class ClientStream:
     """
 
     def __init__(self, client: Client, fields: dict) -> None:
+        self.fields = fields
+        self.restarts = 0  # times the stream was opened again after a restart
+        self._seq_offset = 0  # seq as counted here minus the server's
         self.id: int = fields["stream"]
         self.fps: float = fields["fps"]
         self.start: float = fields["start"]
@@ -556,39 +619,99 @@ class ClientStream:
                 self._acknowledge()  # the last one may have been lost
                 continue
             if message is None:
+                if self._client.recover and self._lost():
+                    deadline = time.monotonic() + timeout
+                    continue
                 raise TimeoutError(f"stream {self.id}: no frame within {timeout:g} s")
             if message.kind == proto.KIND_SKELETON:
                 self._take_skeleton(message)
             elif message.kind == proto.KIND_END:
-                self.ended = str(message.info.get("reason"))
+                reason = str(message.info.get("reason"))
+                if reason == "server_stopped" and self._client.recover:
+                    self._reopen()
+                    deadline = time.monotonic() + timeout
+                    continue
+                self.ended = reason
             else:
-                if message.seq != self._next_seq:
+                # After a reopen, frames keep this stream's numbering and times.
+                seq = message.seq + self._seq_offset
+                t = self.start + seq / self.fps if self._seq_offset else message.t
+                if seq != self._next_seq:
                     logger.warning(
                         "stream %d: expected frame %d, got %d",
                         self.id,
                         self._next_seq,
-                        message.seq,
+                        seq,
                     )
-                    self.gaps += max(0, message.seq - self._next_seq)
-                self._next_seq = message.seq + 1
+                    self.gaps += max(0, seq - self._next_seq)
+                self._next_seq = seq + 1
                 if self.window is not None and (
                     self._next_seq - self._acked >= self.window // 2
                 ):
                     self._acknowledge()
-                return Frame(
-                    message.seq,
-                    message.t,
-                    message.sent,
-                    message.channels,
-                    message.velocities,
-                )
+                return Frame(seq, t, message.sent, message.channels, message.velocities)
         raise StreamEnded(self.id, self.ended)
+
+    def _lost(self) -> bool:
+        """No frame for a whole timeout: reopen if the server no longer has this
+        stream (it restarted without an end message reaching us)."""
+        try:
+            mine = {s["stream"] for s in self._client.streams()}
+        except (TimeoutError, ProtocolError):
+            mine = set()
+        if self.id in mine:
+            return False
+        self._reopen()
+        return True
+
+    def _reopen(self) -> None:
+        """Open this stream again on a restarted server from the next frame this
+        client has not had, and subscribe to it: frames keep this stream's seq and
+        time stamps, and none is skipped (the stream's time falls behind the wall
+        clock by the outage, as a paused stream's would)."""
+        client, fields = self._client, self.fields
+        deadline = time.monotonic() + client.recover
+        resume_seq = self._next_seq or 0
+        t = self.start + resume_seq / self.fps
+        while True:
+            exact = t <= proto.MAX_START
+            params = {
+                k: fields[k]
+                for k in ("source", "seed", "fps", "mode", "convention", "window")
+                if fields.get(k) is not None
+            }
+            if fields.get("velocities"):
+                params["velocities"] = True
+            try:
+                reply = client.request("open", **params, start=t if exact else 0.0)[0]
+                break
+            except (TimeoutError, zmq.ZMQError) as exc:
+                if time.monotonic() > deadline:
+                    self.ended = "server_stopped"
+                    raise StreamEnded(self.id, f"server_stopped ({exc})") from None
+        if not exact:
+            logger.warning(
+                "stream %d: reopened from its source's start; the same motion "
+                "continues exactly only up to %g s",
+                self.id,
+                proto.MAX_START,
+            )
+        self._socket.setsockopt(zmq.UNSUBSCRIBE, self.fields["topic"].encode())
+        self.fields = {**fields, "stream": reply["stream"], "topic": reply["topic"]}
+        self._socket.setsockopt(zmq.SUBSCRIBE, reply["topic"].encode())
+        self.id = reply["stream"]
+        self._seq_offset = resume_seq
+        self._next_seq = resume_seq
+        self._acked = resume_seq
+        self.restarts += 1
+        logger.warning("stream reopened as %d from t = %.3f s", self.id, t)
 
     def _acknowledge(self) -> None:
         """Tell the server how many frames of a recording have arrived."""
         if self.window is None or self._next_seq is None:
             return
-        self._client._send_unanswered("ack", stream=self.id, received=self._next_seq)
+        received = self._next_seq - self._seq_offset  # in the server's numbering
+        self._client._send_unanswered("ack", stream=self.id, received=received)
         self._acked = self._next_seq
 
     def frames(self, timeout: float = 1.0) -> Iterator[Frame]:

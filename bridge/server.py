@@ -145,6 +145,7 @@ class _Stream:
     # The next push frame's row, computed in the idle time before it falls due so
     # it leaves on time: (seq, row). Any control that changes the stream drops it.
     ahead: tuple[int, np.ndarray] | None = None
+    fields: dict = field(default_factory=dict)  # the open reply, for ``streams``
     # Held while the pose generator or the timeline is used: the stream thread
     # computes a push stream's frames while the control thread may switch it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -585,6 +586,7 @@ class Server:
             time.monotonic(),
         )
         stream.velocities = velocities
+        stream.fields = fields
         if mode == "record":
             stream.window = stream.allowed = window
         with self._lock:
@@ -648,6 +650,17 @@ class Server:
             "velocities": target.velocities,
         }
         return fields, [values.tobytes()]
+
+    def _op_streams(self, owner: bytes) -> dict:
+        """This connection's open streams, each as its open reply described it,
+        so a client that reconnects with its routing id can take them up again."""
+        with self._lock:
+            mine = [
+                s.fields
+                for s in self._streams.values()
+                if s.owner == owner and s.end is None
+            ]
+        return {"streams": mine}
 
     def _op_close(self, owner: bytes, stream: int) -> dict:
         self._live(stream).end = "closed"

@@ -190,6 +190,11 @@ def main() -> None:
         default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
         help="stream counts to try at 60 fps, in order",
     )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="try every count, not only until the first that fails",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # as 'motionode serve' does by default
@@ -210,7 +215,7 @@ def main() -> None:
         f"\n60 fps streams of the model, {args.seconds:g} s each "
         f"(pass: p99 lateness < {P99_LIMIT_S * 1000:g} ms, no gaps)"
     )
-    best = 0
+    best, kept_up = 0, 0
     for count in args.counts:
         r = run_streams(model, count, 60.0, args.seconds)
         ok = (
@@ -223,10 +228,15 @@ def main() -> None:
             f"gaps {r['gaps']:4d}  p50 {r['p50_ms']:7.2f} ms  "
             f"p99 {r['p99_ms']:8.2f} ms  {'pass' if ok else 'FAIL'}"
         )
-        if not ok:
+        # Keeping up: every frame arrives, half of them within a frame period.
+        if r["gaps"] == 0 and r["p50_ms"] < 1000 / 60 and r["frames"] > 0:
+            kept_up = max(kept_up, count)
+        if ok:
+            best = max(best, count)
+        if not (ok or args.keep_going):
             break
-        best = count
-    print(f"most 60 fps streams sustained: {best}")
+    print(f"most 60 fps streams with p99 lateness < 5 ms and no gaps: {best}")
+    print(f"most 60 fps streams kept up (no gaps, p50 under a frame): {kept_up}")
 
 
 if __name__ == "__main__":

@@ -783,6 +783,9 @@ class Server:
             wake = min(wake, due)
             live.append(stream)
 
+        # TODO: each stream computes its own poses (about 2 ms a frame on a CPU),
+        # so a few dozen 60 fps streams fill a core; hundreds would need every due
+        # stream's ODE step and decoder solved together in one batched call.
         # Idle until the next frame falls due: compute next frames now, as long as
         # one more fits before then, so they are sent the moment they are due.
         for stream in live:

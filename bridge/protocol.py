@@ -59,7 +59,10 @@ FLAG_VELOCITIES = 0x0001
 
 MAX_REQUEST_BYTES = 65536  # larger control messages are cut off by ZeroMQ itself
 MAX_FPS = 1000.0
-MIN_FPS = 0.01  # one frame per 100 s; slower push streams only hold a place
+# Frames at most 1 s apart: a frame far ahead in motion time means solving the
+# motion up to it on the thread every push stream shares, stalling the others.
+MIN_FPS = 1.0
+MAX_FRAME_MOTION = 1.0  # seconds of motion between a push stream's frames (speed/fps)
 MAX_PULL_TIMES = 256  # poses per pull request; about 0.5 s of model time on a CPU
 MAX_START = 60.0  # seconds: a stream's start time, solved from 0 before frame 0
 MAX_PULL_AHEAD = 30.0  # seconds a pull may reach past the stream's latest time

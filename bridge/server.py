@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Server", "check_endpoint"]
 
+RECORD_MOTION_S = 0.1  # seconds of motion a recording may compute per pass
 IDLE_POLL = 0.05  # longest sleep of either loop, so stop() and leases act promptly
 MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve others
 RECORD_BATCH = 4  # a recording's frames per pass: live streams wait at most this long
@@ -553,6 +554,10 @@ class Server:
                 f"({self.max_streams})",
             )
         poses = self.model.open(source=source, seed=seed)
+        if mode != "pull" and start > 0:
+            # Solve up to the first frame here, not on the stream thread, where it
+            # would hold back every other push stream (up to seconds for 60 s).
+            poses.channels_at(np.array([start]), continuous=False)
 
         stream_id = self._next_id
         self._next_id = self._next_id % proto.MAX_STREAM_ID + 1
@@ -710,6 +715,13 @@ class Server:
 
     def _op_speed(self, owner: bytes, stream: int, speed: float) -> dict:
         target = self._live(stream)
+        if target.mode != "pull" and speed / target.fps > proto.MAX_FRAME_MOTION:
+            raise ProtocolError(
+                "bad_request",
+                f"speed: {speed:g} at {target.fps:g} fps puts "
+                f"{speed / target.fps:g} s of motion between frames, over "
+                f"{proto.MAX_FRAME_MOTION:g} s; raise fps or lower speed",
+            )
         with target.lock:
             target.ahead = None
             at = target.control_time()
@@ -748,6 +760,8 @@ class Server:
         wake = now + IDLE_POLL
         recordings, live = [], []
         for stream in streams:
+            if self._stopping.is_set():
+                break  # the loop ends every stream next
             if stream.end is None and now - stream.last_seen > self.lease:
                 stream.end = "expired"
                 logger.info(
@@ -795,7 +809,15 @@ class Server:
 
         # Recordings take what time the live streams leave, a few frames each.
         for stream in recordings:
-            count = min(RECORD_BATCH, stream.allowed - stream.next_seq)
+            if self._stopping.is_set():
+                break
+            # A few frames, and at most about 0.1 s of motion, per pass.
+            motion_per_frame = max(stream.timeline.speed, 1e-9) / stream.fps
+            count = min(
+                RECORD_BATCH,
+                stream.allowed - stream.next_seq,
+                max(1, int(RECORD_MOTION_S / motion_per_frame)),
+            )
             if count > 0:
                 self._send_frames(xpub, stream, count)
             if stream.allowed > stream.next_seq:

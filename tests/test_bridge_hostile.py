@@ -213,3 +213,31 @@ def test_a_flood_of_bad_input_is_logged_in_part_and_counted(caplog):
     time.sleep(0.25)
     assert budget.allow()
     assert "2 more malformed messages" in caplog.text
+
+
+def test_far_reaching_streams_do_not_stall_a_live_one():
+    """Frames far apart in motion time, a late start or a recording are work
+    that must not hold back another client's 60 fps stream."""
+    from motionode.generate import MotionModel
+
+    with Server(MotionModel.load()) as server:
+        live_client = Client(server.control_endpoint, timeout=2.0)
+        greedy = Client(server.control_endpoint, timeout=30.0)
+        live = live_client.open_stream("prior", fps=60)
+        live.recv(2.0)
+        with pytest.raises(ProtocolError, match="fps"):
+            greedy.open_stream("prior", fps=0.5)
+        slow = greedy.open_stream("prior", fps=2.0)
+        with pytest.raises(ProtocolError, match="motion between frames"):
+            greedy.set_speed(slow, 4.0)
+        late = greedy.open_stream("prior", fps=30.0, start=60.0)  # solved at open
+        record = greedy.open_recording("prior", fps=1.0)
+        frames = collect(live, 120)
+        late.recv(2.0)
+        record.recv(5.0)
+        seqs = [f.seq for f in frames]
+        assert seqs == list(range(seqs[0], seqs[0] + 120)) and live.gaps == 0
+        sent = np.array([f.sent for f in frames])
+        assert np.diff(sent).max() < 0.25  # no frame held back for long
+        greedy.close()
+        live_client.close()

@@ -613,8 +613,13 @@ def _header_value(lines: list[str], idx: int, label: str, path: str) -> tuple[st
     return (parts[words].strip() if len(parts) > words else ""), idx
 
 
+MAX_COUNT_DIGITS = 12  # a count with more digits is not a real frame or channel count
+MAX_EMPTY_FRAMES = 10_000_000  # frames taken on trust from a file without channels
+MIN_FRAME_TIME = 1e-6  # seconds: a million frames a second; below it, not a rate
+
+
 def _is_count(tok: str) -> bool:
-    return tok.isascii() and tok.isdigit()
+    return tok.isascii() and tok.isdigit() and len(tok) <= MAX_COUNT_DIGITS
 
 
 def _motion_header(lines: list[str], motion_idx: int, path: str) -> _MotionHeader:
@@ -633,8 +638,12 @@ def _motion_header(lines: list[str], motion_idx: int, path: str) -> _MotionHeade
         raise BVHError(
             path, idx + 1, f"expected a frame time in seconds, got {value[:40]!r}"
         ) from None
-    if not (math.isfinite(frame_time) and frame_time > 0):
-        raise BVHError(path, idx + 1, f"expected a positive frame time, got {value!r}")
+    if not (math.isfinite(frame_time) and frame_time >= MIN_FRAME_TIME):
+        raise BVHError(
+            path,
+            idx + 1,
+            f"expected a frame time of at least {MIN_FRAME_TIME:g} s, got {value!r}",
+        )
     return _MotionHeader(declared, frames_line, frame_time, idx + 1)
 
 
@@ -654,6 +663,14 @@ def _parse_motion(
         motion = _python_rows(text[start:], first, num_channels, path)
 
     if num_channels == 0 and declared:
+        # Rows of no values cannot be counted; the declared count is all there is.
+        if declared > MAX_EMPTY_FRAMES:
+            raise BVHError(
+                path,
+                frames_line,
+                f"expected at most {MAX_EMPTY_FRAMES} frames in a file without "
+                f"channels, got {declared}",
+            )
         motion = np.zeros((declared, 0))
     if len(motion) != declared:
         warnings.warn(
@@ -808,28 +825,37 @@ def format_bvh(clip: Clip) -> str:
     for e, p in enumerate(sk.end_parents):
         ends.setdefault(int(p), []).append(e)
 
-    def emit(j: int, depth: int) -> None:
+    # Depth first with an explicit stack (a chain of thousands of joints reads,
+    # so it must write too): ("open", joint, depth) writes a joint's header and
+    # queues its children, its end sites and its closing brace.
+    stack: list[tuple[str, int, int]] = [("open", 0, 0)]
+    while stack:
+        what, j, depth = stack.pop()
         pad = "  " * depth
+        if what == "close":
+            out.append(pad + "}")
+            continue
+        if what == "end":
+            out.extend(
+                [
+                    f"{pad}  End Site",
+                    f"{pad}  {{",
+                    f"{pad}    OFFSET {_fmt_row(sk.end_offsets[j])}",
+                    f"{pad}  }}",
+                ]
+            )
+            continue
         out.append(f"{pad}{'ROOT' if depth == 0 else 'JOINT'} {sk.names[j]}")
         out.append(pad + "{")
         out.append(f"{pad}  OFFSET {_fmt_row(sk.offsets[j])}")
         out.append(
             f"{pad}  CHANNELS {len(sk.channels[j])} {' '.join(sk.channels[j])}".rstrip()
         )
-        for c in children.get(j, []):
-            emit(c, depth + 1)
-        for e in ends.get(j, []):
-            out.extend(
-                [
-                    f"{pad}  End Site",
-                    f"{pad}  {{",
-                    f"{pad}    OFFSET {_fmt_row(sk.end_offsets[e])}",
-                    f"{pad}  }}",
-                ]
-            )
-        out.append(pad + "}")
+        later = [("open", c, depth + 1) for c in children.get(j, [])]
+        later += [("end", e, depth) for e in ends.get(j, [])]
+        stack.append(("close", j, depth))
+        stack.extend(reversed(later))
 
-    emit(0, 0)
     out += ["MOTION", f"Frames: {len(motion)}", f"Frame Time: {clip.frame_time!r}"]
     out += [_fmt_row(row) for row in motion]
     return "\n".join(out) + "\n"

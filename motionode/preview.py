@@ -244,6 +244,9 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+MAX_SAMPLES = 1_000_000  # samples in one preview (1000 Hz for about 17 minutes)
+
+
 def control_times(rate: float, duration: float) -> np.ndarray:
     """(T,) float64 times ``k / rate`` for k = 0 .. floor(duration * rate).
 
@@ -256,6 +259,11 @@ def control_times(rate: float, duration: float) -> np.ndarray:
         )
     if not (_is_real(duration) and math.isfinite(duration) and duration >= 0):
         raise ValueError(f"duration: expected seconds >= 0, got {duration!r}")
+    if duration * rate > MAX_SAMPLES:
+        raise ValueError(
+            f"rate x duration: {rate:g} Hz for {duration:g} s is over "
+            f"{MAX_SAMPLES} samples, the most one preview holds; lower either"
+        )
     count = math.floor(duration * rate + 1e-9) + 1
     return np.arange(count, dtype=np.float64) / rate
 

@@ -200,7 +200,11 @@ def test_six_rotation_orders_every_clip(path, tmp_path):
         ("inf.bvh", 21, "got -inf in frame 2 channel 7 (Chest Xrotation)"),
         ("overflow.bvh", 19, "got inf in frame 0 channel 1 (Hips Yposition)"),
         ("missing_frame_time.bvh", 18, "expected 'Frame Time:', got '0 90 0"),
-        ("bad_frame_time.bvh", 18, "expected a positive frame time, got '0'"),
+        (
+            "bad_frame_time.bvh",
+            18,
+            "expected a frame time of at least 1e-06 s, got '0'",
+        ),
         ("channel_count_not_ascii.bvh", 9, "expected a channel count after CHANNELS"),
         ("offset_not_finite.bvh", 8, "expected finite numbers in OFFSET"),
         (
@@ -453,3 +457,49 @@ def test_skeleton_dict_round_trip_on_every_rig():
         assert back.names == sk.names and back.channels == sk.channels, rig
         np.testing.assert_array_equal(back.offsets, sk.offsets)
         assert back.height() == sk.height()
+
+
+@pytest.mark.parametrize(
+    "change, line, message",
+    [
+        (("Frame Time: 0.04", "Frame Time: 1e-310"), 18, "frame time of at least"),
+        (("Frames: 3", "Frames: " + "9" * 5000), 17, "whole frame count"),
+        (("CHANNELS 3 Zrotation", "CHANNELS " + "9" * 5000 + " Zrotation"), 9,
+         "channel count"),
+    ],
+)  # fmt: skip
+def test_absurd_numbers_in_the_header_are_bvh_errors(tmp_path, change, line, message):
+    original = (DATA / "two_joints.bvh").read_text()
+    text = original.replace(*change)
+    assert text != original
+    path = tmp_path / "absurd.bvh"
+    path.write_text(text)
+    with pytest.raises(BVHError, match=f"absurd.bvh:{line}: .*{message}"):
+        read_bvh(path)
+
+
+def test_a_file_without_channels_cannot_claim_endless_frames(tmp_path):
+    path = tmp_path / "empty_rows.bvh"
+    path.write_text(
+        "HIERARCHY\nROOT A\n{\n  OFFSET 0 0 0\n  CHANNELS 0\n  End Site\n  {\n"
+        "    OFFSET 0 1 0\n  }\n}\nMOTION\nFrames: 99999999999\nFrame Time: 0.1\n"
+    )
+    with pytest.raises(BVHError, match="empty_rows.bvh:12: .*at most"):
+        read_bvh(path)
+
+
+def test_a_chain_of_thousands_of_joints_writes_and_reads_back(tmp_path):
+    joints = 3000
+    root = "CHANNELS 3 Zrotation Xrotation Yrotation"
+    head = ["HIERARCHY", "ROOT J0", "{", "OFFSET 0 0 0", root]
+    for j in range(1, joints):
+        head += [f"JOINT J{j}", "{", "OFFSET 0 1 0", "CHANNELS 0"]
+    head += ["}"] * joints
+    head += ["MOTION", "Frames: 1", "Frame Time: 0.04", "10 20 30"]
+    src = tmp_path / "chain.bvh"
+    src.write_text("\n".join(head) + "\n")
+    clip = read_bvh(src)
+    write_bvh(tmp_path / "again.bvh", clip)
+    again = read_bvh(tmp_path / "again.bvh")
+    assert again.skeleton.names == clip.skeleton.names
+    assert np.array_equal(again.motion, clip.motion)

@@ -31,7 +31,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     paths = find_clips(args.clips, exclude=args.holdout)
     held = [p for p in find_clips(args.clips) if p not in set(paths)]
     if not paths:
-        raise SystemExit("train: no BVH clips found (after leaving out --holdout)")
+        raise ValueError("clips: no BVH clips found (after leaving out --holdout)")
     dist = Distributed.from_env()  # under torchrun: one of WORLD_SIZE processes
     try:
         return _train(args, paths, held, dist)
@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace, paths: list, held: list, dist) -> int:
         )
     else:
         config = TrainConfig(
-            steps=args.steps or 4000,
+            steps=4000 if args.steps is None else args.steps,
             batch_size=args.batch,
             seed=args.seed,
             lr=args.lr,

@@ -390,7 +390,7 @@ def decode_request(data: bytes) -> Request:
         )
 
     rid = _request_id(obj)
-    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:  # not 1.0, not true
         raise ProtocolError(
             "bad_version", f"v: expected {VERSION}, got {short_repr(obj.get('v'))}", rid
         )

@@ -462,6 +462,7 @@ GARBAGE = [
     (b'{"v": 1, "id": 12, "op": ["hello"]}', "unknown_op"),
     (b'{"v": 99, "id": 9, "op": "hello"}', "bad_version"),
     (b'{"v": true, "id": 10, "op": "hello"}', "bad_version"),
+    (b'{"v": 1.0, "id": 13, "op": "hello"}', "bad_version"),
     (b'{"v": 1, "id": 11, "op": "close", "stream": 1}', "unknown_stream"),
 ]
 

@@ -208,7 +208,8 @@ def main() -> None:
     ours = free["frames"] / args.seconds
     print(
         f"bridge frames, 256 streams at 1000 fps, free poses: {ours:,.0f} msg/s "
-        f"({ours / bare:.2f} of bare pyzmq; asked {free['expected'] / args.seconds:,.0f}"
+        f"({ours / bare:.2f} of bare pyzmq; "
+        f"asked {free['expected'] / args.seconds:,.0f}"
         f"/s, gaps {free['gaps']})"
     )
     print(

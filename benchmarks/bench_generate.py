@@ -41,8 +41,9 @@ def train_step_seconds(device: str, steps: int = 5) -> float:
     from motionode.train import TrainConfig, Trainer, find_clips, load_training_clips
 
     clips = load_training_clips(find_clips([str(assets_dir() / "clips")]))
-    trainer = Trainer(clips, TrainConfig(steps=steps + 1, checkpoint_every=10**9),
-                      device=device)
+    trainer = Trainer(
+        clips, TrainConfig(steps=steps + 1, checkpoint_every=10**9), device=device
+    )
     trainer.losses(trainer.batch(0), 0)["total"].backward()  # warm-up
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -57,16 +58,24 @@ def train_step_seconds(device: str, steps: int = 5) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--minutes", type=float, default=10.0,
-                        help="length of the long stream whose speed is reported")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="length of the long stream whose speed is reported",
+    )
     args = parser.parse_args()
 
     model = MotionModel.load(args.model)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"cuda {torch.cuda.is_available()}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"cuda {torch.cuda.is_available()}"
+    )
     for fps in (60.0, 144.0):
-        print(f"live  {fps:5g} fps: {live_rate(model, fps, 5.0):6.2f}x real time "
-              "(one stream, one frame per call)")
+        print(
+            f"live  {fps:5g} fps: {live_rate(model, fps, 5.0):6.2f}x real time "
+            "(one stream, one frame per call)"
+        )
     print(f"clip  {120:5g} fps: {clip_rate(model, 120.0, 10.0):6.2f}x real time")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
@@ -75,10 +84,14 @@ def main() -> None:
     data = clip_speeds(model, list(model.seeds.values()))
     speeds = stream_speeds(model, "prior", 0, args.minutes * 60)
     tens = speeds[: len(speeds) // 10 * 10].reshape(-1, 10).mean(1)
-    print(f"bundled clips, mean joint speed per second: {data.min():.3f} .. "
-          f"{data.max():.3f} m/s")
-    print(f"{args.minutes:g} min prior stream, per 10 s: {tens.min():.3f} .. "
-          f"{tens.max():.3f} m/s")
+    print(
+        f"bundled clips, mean joint speed per second: {data.min():.3f} .. "
+        f"{data.max():.3f} m/s"
+    )
+    print(
+        f"{args.minutes:g} min prior stream, per 10 s: {tens.min():.3f} .. "
+        f"{tens.max():.3f} m/s"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ __all__ = [
 
 Z85_KEY_CHARS = 40  # a 32-byte key in Z85 text
 Z85_ALPHABET = frozenset(
-    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ".-:+=^!/*?&<>()[]{}@%$#"
 )
 ZAP_DOMAIN = "motionode"
 

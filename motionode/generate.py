@@ -666,8 +666,9 @@ class PoseStream:
 
         They come from the ODE (dz/dt of the dynamics, and the root's velocity and
         turn rate) carried through the decoder by a Jacobian-vector product (see
-        :meth:`_velocity`), not from differences of poses. At gimbal lock (a middle angle of +-90 degrees)
-        the Euler angles, and so their derivatives, are not defined.
+        :meth:`_velocity`), not from differences of poses. At gimbal lock (a middle
+        angle of +-90 degrees) the Euler angles, and so their derivatives, are not
+        defined.
         """
         times = self._check_times(times)
         rates = np.zeros((len(times), self.skeleton.num_channels))

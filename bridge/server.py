@@ -21,7 +21,6 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +30,8 @@ from bridge import protocol as proto
 from bridge.conventions import ChannelMap, channel_map
 from bridge.protocol import ProtocolError
 from bridge.security import ServerKeys
-from bridge.timeline import Timeline
+from bridge.streams import Stream as _Stream
+from bridge.streams import rows_together
 
 if TYPE_CHECKING:
     from typing import Self
@@ -45,6 +45,13 @@ __all__ = ["Server", "check_endpoint"]
 RECORD_MOTION_S = 0.1  # seconds of motion a recording may compute per pass
 IDLE_POLL = 0.05  # longest sleep of either loop, so stop() and leases act promptly
 MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve others
+MAX_AHEAD = 32  # frames per stream computed before they fall due, at most
+# Push frames are computed this long before they fall due: at least MIN, about
+# three times what computing a batch of all streams takes, at most MAX.
+MIN_LOOKAHEAD, MAX_LOOKAHEAD = 0.02, 0.25
+# A stream whose frames are further apart in motion time than this is computed on
+# its own, after the others, so that its solver steps never hold theirs back.
+HEAVY_FRAME_MOTION = 0.05
 RECORD_BATCH = 4  # a recording's frames per pass: live streams wait at most this long
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
@@ -119,62 +126,6 @@ def check_endpoint(
             endpoint,
         )
     return f"tcp://{host}:*" if port == "0" else endpoint
-
-
-@dataclass(eq=False)
-class _Stream:
-    """One open stream. ``end`` is set, by either thread, once it must finish."""
-
-    id: int
-    owner: bytes  # routing id of the connection that opened it
-    mode: str
-    fps: float | None
-    start: float
-    poses: Any  # the model's PoseStream
-    info: bytes  # JSON payload of the stream's skeleton messages
-    convert: ChannelMap  # rig channels -> the client's convention
-    last_seen: float
-    clock0: float | None = None  # server clock at which frame 0 fell due
-    frontier: float = 0.0  # latest time a pull has asked for, seconds
-    next_seq: int = 0
-    late: bool = False
-    end: str | None = None
-    velocities: bool = False  # frames and pulls carry channel derivatives too
-    window: int = 0  # a recording's frames allowed in flight unacknowledged
-    allowed: int = 0  # a recording may send frames below this seq
-    timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
-    # The next push frame's row, computed in the idle time before it falls due so
-    # it leaves on time: (seq, row). Any control that changes the stream drops it.
-    ahead: tuple[int, np.ndarray] | None = None
-    fields: dict = field(default_factory=dict)  # the open reply, for ``streams``
-    # Held while the pose generator or the timeline is used: the stream thread
-    # computes a push stream's frames while the control thread may switch it.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def time_of(self, seq: int) -> float:
-        return self.start + seq / self.fps
-
-    def rows(self, times: np.ndarray, continuous: bool) -> np.ndarray:
-        """Channel rows (T, C) at stream times (T,), or (T, 2C) with their
-        derivatives per second of stream time (the motion's times the speed);
-        call with ``lock`` held."""
-        motion = self.timeline.motion(times)  # (T,)
-        if not self.velocities:
-            rows = self.poses.channels_at(motion, continuous=continuous)  # (T, C)
-            return self.convert.apply(rows)
-        rows = self.poses.channels_at(motion, continuous, velocities=True)  # (T, 2C)
-        half = rows.shape[1] // 2
-        rows[:, half:] *= self.timeline.speeds(times)[:, None]
-        # The convention is linear per column: derivatives convert like values.
-        return np.concatenate(
-            [self.convert.apply(rows[:, :half]), self.convert.apply(rows[:, half:])],
-            axis=1,
-        )
-
-    def control_time(self) -> float:
-        """Stream time from which a control takes effect: the next frame's for a
-        push stream, the latest time asked for a pull stream."""
-        return self.frontier if self.mode == "pull" else self.time_of(self.next_seq)
 
 
 class Server:
@@ -252,7 +203,9 @@ class Server:
         # stream opened later than a matching subscription starts on it.
         self._prefixes: Counter[bytes] = Counter()
         self._bad_input = _LogBudget(BAD_INPUT_LOGS)
-        self._frame_cost = 0.002  # running mean of one frame's compute, seconds
+        self._batch_cost = 0.002  # running mean of one batch's compute, seconds
+        self._heavy_cost = 0.01  # running mean of one heavy frame's compute, seconds
+        self._lookahead = MIN_LOOKAHEAD  # seconds before due that frames are made
         self._maps: dict[str, ChannelMap] = {}  # per convention, made on first use
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
@@ -677,7 +630,7 @@ class Server:
         target = self._live(stream)
         source = self._model_source(source, seed)
         with target.lock:
-            target.ahead = None
+            # Frames computed ahead stay: a switch starts after every time asked.
             after = target.timeline.motion(target.control_time())[0]
             motion = target.poses.switch(source, seed, float(after))
             at = target.timeline.stream_time(motion)
@@ -752,13 +705,13 @@ class Server:
             xpub.close(linger=XPUB_LINGER_MS)
 
     def _publish_due(self, xpub: zmq.Socket) -> float:
-        """Publish every frame that is due, end finished streams; return how long
-        to sleep until the next frame falls due."""
+        """Publish every frame that is due, end finished streams, compute frames
+        ahead; return how long to sleep until there is more to do."""
         now = time.monotonic()
         with self._lock:
             streams = list(self._streams.values())
         wake = now + IDLE_POLL
-        recordings, live = [], []
+        recordings, live, due = [], [], []
         for stream in streams:
             if self._stopping.is_set():
                 break  # the loop ends every stream next
@@ -791,21 +744,15 @@ class Server:
             ):
                 count += 1
             if count:
-                self._send_frames(xpub, stream, count)
-            due = stream.clock0 + stream.next_seq / stream.fps
-            self._check_late(stream, time.monotonic() - due)
-            wake = min(wake, due)
+                due.append((stream, count))
             live.append(stream)
 
-        # TODO: each stream computes its own poses (about 2 ms a frame on a CPU),
-        # so a few dozen 60 fps streams fill a core; hundreds would need every due
-        # stream's ODE step and decoder solved together in one batched call.
-        # Idle until the next frame falls due: compute next frames now, as long as
-        # one more fits before then, so they are sent the moment they are due.
+        self._send_due(xpub, due)
         for stream in live:
-            if time.monotonic() + self._frame_cost >= wake:
-                break
-            self._prepare(stream)
+            next_due = stream.clock0 + stream.next_seq / stream.fps
+            self._check_late(stream, time.monotonic() - next_due)
+            wake = min(wake, next_due)
+        wake = min(wake, self._compute_ahead(live))
 
         # Recordings take what time the live streams leave, a few frames each.
         for stream in recordings:
@@ -819,69 +766,163 @@ class Server:
                 max(1, int(RECORD_MOTION_S / motion_per_frame)),
             )
             if count > 0:
-                self._send_frames(xpub, stream, count)
+                with stream.lock:
+                    times = stream.time_of(np.array([stream.next_seq]))
+                    if self._solved_near(stream, times):
+                        self._send_frames(xpub, stream, count)
             if stream.allowed > stream.next_seq:
                 wake = now
         return max(0.0, wake - time.monotonic())
 
-    def _prepare(self, stream: _Stream) -> None:
-        """Compute the next frame of a push stream ahead of its time."""
-        with stream.lock:
-            seq = stream.next_seq
-            if stream.end is not None or (stream.ahead and stream.ahead[0] == seq):
-                return
+    def _send_due(self, xpub: zmq.Socket, due: list[tuple[_Stream, int]]) -> None:
+        """Publish each (stream, count) job's next frames: those computed ahead
+        at once, the others computed now, all light streams together, then each
+        heavy one alone."""
+        # A stream whose lock the control thread holds is served next pass.
+        held = [(s, count) for s, count in due if s.lock.acquire(blocking=False)]
+        try:
+            light = [(s, count) for s, count in held if not self._heavy(s)]
+            groups = [light] + [[job] for job in held if self._heavy(job[0])]
+            for group in groups:
+                jobs = [
+                    (s, s.time_of(np.arange(s.next_seq + s.ready(), s.next_seq + n)))
+                    for s, n in group
+                    if s.ready() < n
+                ]
+                computed = dict(zip((id(s) for s, _ in jobs), rows_together(jobs)))
+                for s, count in group:
+                    self._send_frames(xpub, s, count, computed.get(id(s)))
+        finally:
+            for s, _ in held:
+                s.lock.release()
+
+    @staticmethod
+    def _solved_near(stream: _Stream, times: np.ndarray) -> bool:
+        """Whether the motion is solved to within RECORD_MOTION_S of stream times
+        (T,); if not, solve one more such slice of it (the poses of those times
+        stay what they would have been), so that a frame far ahead in motion is
+        reached over several passes, between other streams' frames. Call with
+        the stream's lock held."""
+        target = float(stream.timeline.motion(times).max())
+        reached = max(stream.poses.latest, 0.0)
+        if target - reached <= RECORD_MOTION_S:
+            return True
+        stream.poses.states(np.array([reached + RECORD_MOTION_S]))
+        return False
+
+    @staticmethod
+    def _heavy(stream: _Stream) -> bool:
+        return stream.timeline.speed / stream.fps > HEAVY_FRAME_MOTION
+
+    def _compute_ahead(self, live: list[_Stream]) -> float:
+        """Compute live streams' next frames before they fall due: all light
+        streams in one batch, once the soonest uncomputed frame is half the
+        lookahead away; then heavy streams' next frames one at a time, while one
+        fits before the next frame falls due. Return when to look again (server
+        clock)."""
+        now = time.monotonic()
+        light = [s for s in live if not self._heavy(s)]
+        soonest = min(
+            (s.clock0 + (s.next_seq + s.ready()) / s.fps for s in light),
+            default=math.inf,
+        )
+        wake = soonest - self._lookahead / 2
+        if wake <= now:
+            self._compute_light(light, now + self._lookahead)
+            wake = now
+
+        next_due = min(
+            (s.clock0 + s.next_seq / s.fps for s in live), default=now + IDLE_POLL
+        )
+        for s in live:
+            if not self._heavy(s) or s.ready():
+                continue
+            if time.monotonic() + self._heavy_cost >= next_due:
+                return now  # the rest next pass, after what falls due is sent
+            if not s.lock.acquire(blocking=False):
+                continue
             began = time.monotonic()
             try:
-                row = stream.rows(np.array([stream.time_of(seq)]), continuous=False)
-            except Exception:
-                # Computed again when due, where a failure ends the stream.
-                logger.debug("stream %d: frame ahead failed", stream.id, exc_info=True)
-                return
-            stream.ahead = (seq, row[0])
+                times = s.time_of(np.array([s.next_seq]))
+                if s.end is None and not s.ready() and self._solved_near(s, times):
+                    (s.ahead,) = rows_together([(s, times)])
+            finally:
+                s.lock.release()
             cost = time.monotonic() - began
-            self._frame_cost = 0.9 * self._frame_cost + 0.1 * cost
+            self._heavy_cost = 0.8 * self._heavy_cost + 0.2 * cost
+        return wake
 
-    def _send_frames(self, xpub: zmq.Socket, stream: _Stream, count: int) -> None:
-        """Compute and publish frames ``next_seq`` to ``next_seq + count - 1``."""
+    def _compute_light(self, light: list[_Stream], horizon: float) -> None:
+        """Compute every light stream's frames that fall due before ``horizon``
+        (server clock) and are not computed yet, in one batch."""
+        held = [s for s in light if s.lock.acquire(blocking=False)]
+        began = time.monotonic()
+        try:
+            jobs = []
+            for s in held:
+                first = s.next_seq + s.ready()
+                last = math.floor((horizon - s.clock0) * s.fps + 1e-9)
+                last = max(first, min(last, s.next_seq + MAX_AHEAD - 1))
+                if s.end is None and first <= last:
+                    jobs.append((s, np.arange(first, last + 1)))
+            rows = rows_together([(s, s.time_of(seqs)) for s, seqs in jobs])
+            for (s, _), more in zip(jobs, rows):
+                # A failure is met again when the frame falls due, and ends it there.
+                if more is not None:
+                    s.ahead = more if s.ahead is None else np.vstack([s.ahead, more])
+        finally:
+            for s in held:
+                s.lock.release()
+        cost = time.monotonic() - began
+        self._batch_cost = 0.8 * self._batch_cost + 0.2 * cost
+        self._lookahead = min(MAX_LOOKAHEAD, max(MIN_LOOKAHEAD, 3 * self._batch_cost))
+
+    def _send_frames(
+        self,
+        xpub: zmq.Socket,
+        stream: _Stream,
+        count: int,
+        computed: np.ndarray | None = None,
+    ) -> None:
+        """Publish frames ``next_seq`` to ``next_seq + count - 1``: rows computed
+        ahead, then ``computed`` ones, then any still missing computed now. Call
+        with the stream's lock held."""
         # The lock covers computing, sending and counting the frames: a speed
         # change or switch must see next_seq past every frame computed so far.
-        with stream.lock:
-            first = stream.next_seq
-            seqs = np.arange(first, first + count, dtype=np.float64)
-            times = stream.start + seqs / stream.fps  # (count,), start + seq / fps
-            ahead, stream.ahead = stream.ahead, None
-            ready = ahead is not None and ahead[0] == first
-            try:
-                # Principal angles: a frame is a function of its time alone, so
-                # streams at different rates agree exactly where times coincide.
-                rows = (
-                    stream.rows(times[ready:], continuous=False)
-                    if count > ready
-                    else None
-                )  # (count - ready, C) or 2C
-                if ready:
-                    first_row = ahead[1][None]
-                    rows = first_row if rows is None else np.vstack([first_row, rows])
-            except Exception:
-                logger.exception(
+        first = stream.next_seq
+        seqs = np.arange(first, first + count, dtype=np.float64)
+        times = stream.time_of(seqs)  # (count,), start + seq / fps
+        have = min(stream.ready(), count)
+        parts = [stream.ahead[:have]] if have else []
+        if computed is not None:
+            parts.append(computed)
+        missing = count - sum(len(p) for p in parts)
+        if missing > 0:
+            (rows,) = rows_together([(stream, times[count - missing :])])
+            if rows is None:
+                logger.error(
                     "stream %d: the model failed at t = %.6f s; ending it",
                     stream.id,
-                    times[0],
+                    times[count - missing],
                 )
                 stream.end = "error"
                 return
-            half = self._skeleton["num_channels"]
-            for i in range(count):
-                message = proto.encode_frame(
-                    stream.id,
-                    first + i,
-                    float(times[i]),
-                    time.monotonic(),
-                    rows[i, :half],
-                    rows[i, half:] if stream.velocities else None,
-                )
-                xpub.send(message, zmq.NOBLOCK)
-            stream.next_seq = first + count
+            parts.append(rows)
+        rows = np.concatenate(parts)  # (count, C) or (count, 2C)
+        half = self._skeleton["num_channels"]
+        for i in range(count):
+            message = proto.encode_frame(
+                stream.id,
+                first + i,
+                float(times[i]),
+                time.monotonic(),
+                rows[i, :half],
+                rows[i, half:] if stream.velocities else None,
+            )
+            xpub.send(message, zmq.NOBLOCK)
+        stream.next_seq = first + count
+        left = stream.ready() - have
+        stream.ahead = stream.ahead[have:] if left > 0 else None
         logger.debug(
             "stream %d: frames %d-%d sent", stream.id, first, first + count - 1
         )

@@ -42,13 +42,21 @@ import torch
 from motionode import features as feat
 from motionode.bvh import ROTATION_CHANNELS, Clip, Skeleton, read_bvh
 from motionode.checkpoint import load_checkpoint, save_checkpoint
-from motionode.model import LatentODEVAE, ModelConfig, odeint_grid
+from motionode.model import LatentODEVAE, ModelConfig, rk4_step
+from motionode.rowwise import block_count, pad_index, pad_rows, run_rows
 from motionode.torchpose import FeatureChannels
 from motionode.train import stride_clip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MotionModel", "PoseStream", "assets_dir", "default_model_path"]
+__all__ = [
+    "MotionModel",
+    "PoseStream",
+    "assets_dir",
+    "channels_together",
+    "default_model_path",
+    "states_together",
+]
 
 
 MAX_CLIP_FRAMES = 10_000_000  # frames in one exported clip (about 10 GB of channels)
@@ -306,7 +314,12 @@ class MotionModel:
         return self._feature_channels
 
     def decode_norm(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net.decoder(z)
+        """Normalised poses (..., D) of latents (..., L), rows batch-independent."""
+        return run_rows(self.net.decoder, z)
+
+    def dynamics(self, z: torch.Tensor) -> torch.Tensor:
+        """dz/dt (..., L) of latents (..., L), rows batch-independent."""
+        return run_rows(lambda rows: self.net.dynamics(None, rows), z)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self._std + self._mean
@@ -322,7 +335,6 @@ class MotionModel:
         end = {"xz": ff.root_xz[-1], "heading": float(ff.heading[-1])}
         return x, t, end
 
-    @torch.no_grad()
     def posterior(
         self,
         x: torch.Tensor,
@@ -332,12 +344,29 @@ class MotionModel:
     ) -> torch.Tensor:
         """A latent sample (L,) given normalised frames (T, D) at times (T,) <= 0;
         the posterior mean when ``generator`` is None."""
-        mask = torch.ones(1, len(t), dtype=torch.bool, device=self.device)
-        mean, logvar = self.net.encode(x[None], mask, t[None])
-        if generator is None:
-            return mean[0]
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        return (mean + temperature * noise.to(mean.device) * torch.exp(0.5 * logvar))[0]
+        return self.posterior_many(x[None], t[None], [generator], [temperature])[0]
+
+    @torch.no_grad()
+    def posterior_many(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        generators: Sequence[torch.Generator | None],
+        temperatures: Sequence[float],
+    ) -> torch.Tensor:
+        """Latent samples (B, L) of B windows, frames (B, T, D) at times (B, T) <= 0,
+        each drawn with its own generator (its posterior mean for None) and
+        temperature, every row the same whatever else is in the batch."""
+        B, T = t.shape
+        mask = torch.ones(block_count(B), T, dtype=torch.bool, device=self.device)
+        mean, logvar = self.net.encode(pad_rows(x), mask, pad_rows(t))  # (M, L) each
+        noise = torch.zeros_like(mean)  # (M, L)
+        temps = torch.zeros(len(mean), 1, dtype=mean.dtype, device=self.device)
+        for i, (gen, temp) in enumerate(zip(generators, temperatures)):
+            if gen is not None:
+                draw = torch.randn((1, mean.shape[1]), generator=gen, dtype=mean.dtype)
+                noise[i], temps[i] = draw[0].to(self.device), temp
+        return (mean + temps * noise * torch.exp(0.5 * logvar))[:B]
 
 
 class PoseStream:
@@ -432,38 +461,6 @@ class PoseStream:
         state = torch.cat([z, torch.zeros_like(z), root])
         return _Segment(state, offset, torch.zeros_like(offset), seed=self.seed)
 
-    def _next_segment(self, index: int, start: int) -> _Segment:
-        """Segment ``index``, starting at solver step ``start``, from the end of the
-        one before: a re-encoding of its motion, or the source of a switch."""
-        # TODO: re-encoding generated motion loses energy, so prior streams drift
-        # toward slow, gesture-like motion and runs slow down within a minute; a
-        # model trained on its own rollouts would keep pace.
-        m, L = self.model, self.latent
-        prev = self._segments[index - 1]
-        grid = self._solve(index - 1)  # (S + 1, 2L + 3)
-        end = grid[-1]
-        old_tau = (start - prev.start) / self.rate
-        switch = self._switches.get(start)
-        if switch is not None:
-            components, seed = switch
-            z, offset, _ = self._start(components)
-            ordinal = 0
-        else:
-            n = min(m.obs_frames, len(grid))
-            tau = (
-                torch.arange(
-                    len(grid) - n, len(grid), dtype=torch.float64, device=m.device
-                )
-                / self.rate
-            )
-            x = self._pose(prev, tau[:, None], grid[-n:])  # (n, D), one decoder call
-            seed, ordinal = prev.seed, prev.ordinal + 1
-            gen = self._generator(seed, ordinal)
-            z = m.posterior(x, tau - tau[-1], gen, self.temperature)
-            offset = torch.zeros_like(prev.offset)
-        state = torch.cat([z, end[:L], end[2 * L :]])
-        return _Segment(state, offset, prev.offset, old_tau, True, start, seed, ordinal)
-
     def _boundary_after(self, start: int) -> int:
         """Solver step at which the segment starting at step ``start`` ends."""
         later = [k for k in self._switches if k > start]
@@ -471,9 +468,7 @@ class PoseStream:
 
     def _locate(self, step: int) -> int:
         """Index of the segment holding solver step ``step``, made if need be."""
-        while (nxt := self._boundary_after(self._starts[-1])) <= step:
-            self._segments.append(self._next_segment(len(self._segments), nxt))
-            self._starts.append(nxt)
+        _extend([(self, step)])
         return bisect.bisect_right(self._starts, step) - 1
 
     def switch(self, source: str | Sequence[Component], seed: int, at: float) -> float:
@@ -517,103 +512,36 @@ class PoseStream:
         logger.debug("stream %s: switch to %s at step %d", self.source, source, step)
         return step / self.rate
 
-    def _fade(self, tau: torch.Tensor) -> torch.Tensor:
-        # The network's fade of |tau|, written for tau >= 0 so that its derivative
-        # at a segment's start is the one-sided one the motion has.
-        return torch.exp(-tau / self.model.net.config.anchor_tau)
-
-    def _weight(self, tau: torch.Tensor) -> torch.Tensor:
-        """Weight of the previous segment's motion: 1 at the start, 0 after the
-        blend, with zero slope at both ends, so velocity is continuous too."""
-        u = torch.clamp(torch.as_tensor(tau, dtype=torch.float64) / self.blend, 0, 1)
-        return 1.0 - u * u * (3.0 - 2.0 * u)
-
     def _pose(self, seg: _Segment, tau, y: torch.Tensor) -> torch.Tensor:
-        """Normalised pose (..., D) at segment-local time ``tau`` of state y."""
-        m, L = self.model, self.latent
-        tau = torch.as_tensor(tau, dtype=torch.float64)
-        x = m.decode_norm(y[..., :L]) + self._fade(tau) * seg.offset
-        if seg.blend:
-            old = (
-                m.decode_norm(y[..., L : 2 * L])
-                + self._fade(tau + seg.old_tau) * seg.old_offset
-            )
-            x = x + self._weight(tau) * (old - x)
-        return x
+        """Normalised pose (D,) at segment-local time ``tau`` of one state (S,)."""
+        rows = _Rows.of(self.model, [(self, seg)])
+        tau = torch.as_tensor(tau, dtype=torch.float64, device=y.device)
+        return _pose_rows(self.model, rows, pad_rows(tau[None]), pad_rows(y[None]))[0]
 
     def _field(self, seg: _Segment):
-        """The augmented vector field of one segment, in segment-local time."""
-        m, L = self.model, self.latent
+        """The augmented vector field of one segment, in segment-local time, for
+        one state: f(tau (), y (S,)) -> (S,)."""
+        rows = _Rows.of(self.model, [(self, seg)])
+        f = _field_rows(self.model, rows)
 
-        def f(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            pose = m.denormalize(self._pose(seg, tau, y))
-            heading = y[..., 2 * L + 2]
-            c, s = torch.cos(heading), torch.sin(heading)
-            vx, vz = pose[..., 1], pose[..., 2]
-            # Heading frame to world: rotation by the heading about the up (Y) axis.
-            root = torch.stack([c * vx + s * vz, -s * vx + c * vz, pose[..., 3]], -1)
-            latents = y[..., : 2 * L].reshape(*y.shape[:-1], 2, L)  # (..., 2, L)
-            flow = m.net.dynamics(tau, latents).reshape(*y.shape[:-1], 2 * L)
-            return torch.cat([flow, root], -1)
+        def one(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            tau = torch.as_tensor(tau, dtype=torch.float64, device=y.device)
+            return f(pad_rows(tau[None]), pad_rows(y[None]))[0]
 
-        return f
+        return one
 
-    def _step(self, f, y: torch.Tensor, tau0: float, tau1: float) -> torch.Tensor:
-        span = torch.tensor([tau0, tau1], dtype=torch.float64, device=y.device)
-        return odeint_grid(f, y, span, self.rate)[-1]
-
-    @torch.no_grad()
     def _grid_to(self, index: int, step: int) -> list[torch.Tensor]:
         """Grid states of segment ``index`` from its start to segment-local solver
-        step ``step`` at least (fewer at the segment's end), solving only the
-        missing ones. The latest two segments' grids are kept.
-
-        Solving step by step as frames need them, rather than a whole segment at
-        its first frame, spreads the work evenly over a live stream's frames.
-        """
-        seg = self._segments[index]
-        step = min(step, self._boundary_after(seg.start) - seg.start)
-        states = self._grid.get(index)
-        if states is None:
-            states = self._grid[index] = [seg.state]
-            for old in list(self._grid)[:-2]:  # oldest first: dicts keep order
-                del self._grid[old]
-        if len(states) <= step:
-            f = self._field(seg)
-            while len(states) <= step:
-                i = len(states) - 1
-                states.append(
-                    self._step(f, states[-1], i / self.rate, (i + 1) / self.rate)
-                )
-        return states
-
-    def _solve(self, index: int) -> torch.Tensor:
-        """Grid states (S + 1, 2L + 3) of segment ``index``.
-
-        A switch may shorten a segment after it was solved: its first states stay
-        valid, so the kept grid is cut to the segment's length.
-        """
-        seg = self._segments[index]
-        steps = self._boundary_after(seg.start) - seg.start
-        return torch.stack(self._grid_to(index, steps)[: steps + 1])
+        step ``step`` at least (fewer at the segment's end)."""
+        return _advance([(self, index, step)])[0]
 
     # ------------------------------------------------------------ queries
 
     def _state_at(self, t: float) -> tuple[_Segment, float, torch.Tensor]:
         """Segment, segment-local time and state (2L + 3,) at time ``t``."""
-        k = math.floor(t * self.rate + 1e-9)  # grid point at or just before t
-        index = self._locate(k)
-        seg = self._segments[index]
-        step = k - seg.start
-        tau_k = step / self.rate
-        tau = t - seg.start / self.rate
-        y = self._grid_to(index, step)[step]
-        if tau - tau_k > 1e-12:
-            y = self._step(self._field(seg), y, tau_k, tau)
-        else:
-            tau = tau_k
-        self.latest = max(self.latest, t)
-        return seg, tau, y
+        (batch,) = list(_rounds([(self, np.array([t]))]))
+        _, pairs, tau, y = batch
+        return pairs[0][1], float(tau[0]), y[0]
 
     def _check_times(self, times: np.ndarray) -> np.ndarray:
         times = np.asarray(times, dtype=np.float64).reshape(-1)
@@ -621,19 +549,10 @@ class PoseStream:
             raise ValueError("times: every time must be finite and >= 0")
         return times
 
-    @torch.no_grad()
     def states(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pose features (T, D) and root states (T, 3) = (x, z, heading) at
         ``times``."""
-        times = self._check_times(times)
-        m = self.model
-        poses = np.zeros((len(times), m.spec.dim))
-        roots = np.zeros((len(times), 3))
-        for i in np.argsort(times, kind="stable"):
-            seg, tau, y = self._state_at(float(times[i]))
-            poses[i] = m.denormalize(self._pose(seg, tau, y)).cpu().numpy()
-            roots[i] = y[2 * self.latent :].cpu().numpy()
-        return poses, roots
+        return states_together([(self, times)])[0]
 
     def _velocity(self, seg: _Segment, tau: float, y: torch.Tensor) -> torch.Tensor:
         """Time derivative (C,) of the principal channel row at segment time tau.
@@ -672,10 +591,11 @@ class PoseStream:
         """
         times = self._check_times(times)
         rates = np.zeros((len(times), self.skeleton.num_channels))
-        for i in np.argsort(times, kind="stable"):
-            with torch.no_grad():
-                seg, tau, y = self._state_at(float(times[i]))
-            rates[i] = self._velocity(seg, tau, y).detach().cpu().numpy()
+        # TODO: derivatives are taken one time at a time (autograd per row), so
+        # streams with velocities are not batched with the others.
+        for positions, pairs, tau, y in _rounds([(self, times)]):
+            for i, (_, seg), tau_i, y_i in zip(positions[0], pairs, tau.tolist(), y):
+                rates[i] = self._velocity(seg, tau_i, y_i).detach().cpu().numpy()
         return rates
 
     def _flip_alternates(
@@ -754,3 +674,361 @@ class PoseStream:
             1.0 / fps,
             f"motionode:{self.source}:seed{self.seed}",
         )
+
+
+# ---------------------------------------------------------------- many streams
+
+MAX_ROUND = 4096  # times of one stream solved in one round (bounds a round's memory)
+
+
+@dataclass
+class _Rows:
+    """Per-row constants of the vector field of a batch of (stream, segment) rows,
+    padded to a whole number of row blocks (see :mod:`motionode.rowwise`).
+
+    Attributes:
+        offset, old_offset: (M, D) the segment's and its predecessor's pose offset.
+        old_tau: (M,) float64 the predecessor's segment time at the segment start.
+        blend: (M,) float64 seconds of cross-fade from the predecessor; 0 for none.
+    """
+
+    offset: torch.Tensor
+    old_offset: torch.Tensor
+    old_tau: torch.Tensor
+    blend: torch.Tensor
+
+    @classmethod
+    def of(cls, model: MotionModel, pairs: Sequence[tuple[PoseStream, _Segment]]):
+        segs = [seg for _, seg in pairs]
+        scalars = torch.tensor(
+            [
+                [seg.old_tau, stream.blend if seg.blend else 0.0]
+                for stream, seg in pairs
+            ],
+            dtype=torch.float64,
+            device=model.device,
+        )  # (n, 2)
+        return cls(
+            pad_rows(torch.stack([s.offset for s in segs])),
+            pad_rows(torch.stack([s.old_offset for s in segs])),
+            pad_rows(scalars[:, 0]),
+            pad_rows(scalars[:, 1]),
+        )
+
+
+def _fade(model: MotionModel, tau: torch.Tensor) -> torch.Tensor:
+    # The network's fade of |tau|, written for tau >= 0 so that its derivative at
+    # a segment's start is the one-sided one the motion has.
+    return torch.exp(-tau / model.net.config.anchor_tau)
+
+
+def _weight(tau: torch.Tensor, blend: torch.Tensor) -> torch.Tensor:
+    """Weight (M,) of the previous segment's motion at segment times tau (M,): 1 at
+    the start, 0 after ``blend`` (M,) seconds, with zero slope at both ends, so
+    velocity is continuous too; 0 throughout where blend is 0."""
+    on = blend > 0
+    u = torch.clamp(tau / torch.where(on, blend, 1.0), 0, 1)
+    return torch.where(on, 1.0 - u * u * (3.0 - 2.0 * u), 0.0)
+
+
+def _fading(weight: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """Padded indices of the rows whose previous motion still shows, and their
+    count; None when there are none. The others skip the old latent: its motion
+    has weight 0, so leaving it out changes no pose."""
+    index = torch.nonzero(weight > 0)[:, 0]  # (n,)
+    return (pad_index(index), len(index)) if len(index) else None
+
+
+def _pose_rows(
+    model: MotionModel,
+    rows: _Rows,
+    tau: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Normalised poses (M, D) at segment times tau (M,) float64 of states
+    y (M, 2L + 3), M a whole number of row blocks."""
+    L = model.net.config.latent_dim
+    weight = _weight(tau, rows.blend) if weight is None else weight
+    pose = model.decode_norm(y[:, :L]) + _fade(model, tau)[:, None] * rows.offset
+    fading = _fading(weight)
+    if fading is None:
+        return pose
+    index, n = fading
+    old = (
+        model.decode_norm(y[index, L : 2 * L])
+        + _fade(model, tau[index] + rows.old_tau[index])[:, None]
+        * rows.old_offset[index]
+    )  # (n padded, D)
+    new = pose[index]
+    mixed = new + weight[index, None] * (old - new)
+    return pose.index_copy(0, index[:n], mixed[:n])
+
+
+def _field_rows(model: MotionModel, rows: _Rows):
+    """The augmented vector field of a batch of rows, each in its segment's time:
+    f(tau (M,), y (M, 2L + 3)) -> (M, 2L + 3)."""
+    L = model.net.config.latent_dim
+
+    def f(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = _weight(tau, rows.blend)
+        pose = model.denormalize(_pose_rows(model, rows, tau, y, weight))  # (M, D)
+        heading = y[:, 2 * L + 2]
+        c, s = torch.cos(heading), torch.sin(heading)
+        vx, vz = pose[:, 1], pose[:, 2]
+        # Heading frame to world: rotation by the heading about the up (Y) axis.
+        root = torch.stack([c * vx + s * vz, -s * vx + c * vz, pose[:, 3]], -1)
+        new = model.dynamics(y[:, :L])  # (M, L)
+        old = torch.zeros_like(new)
+        fading = _fading(weight)
+        if fading is not None:
+            index, n = fading
+            old = old.index_copy(0, index[:n], model.dynamics(y[index, L : 2 * L])[:n])
+        return torch.cat([new, old, root], -1)
+
+    return f
+
+
+def _extend(needs: Sequence[tuple[PoseStream, int]]) -> None:
+    """Make each stream's segments up to the one holding its solver step; the
+    streams that need a new segment at once get them together (one batched
+    solve, decoding and encoding)."""
+    while due := [
+        (stream, nxt)
+        for stream, step in needs
+        if (nxt := stream._boundary_after(stream._starts[-1])) <= step
+    ]:
+        for (stream, start), seg in zip(due, _next_segments(due)):
+            stream._segments.append(seg)
+            stream._starts.append(start)
+
+
+def _next_segments(due: Sequence[tuple[PoseStream, int]]) -> list[_Segment]:
+    """The next segment of each stream, starting at its solver step, from the end
+    of the one before: a re-encoding of its motion, or the source of a switch."""
+    # TODO: re-encoding generated motion loses energy, so prior streams drift
+    # toward slow, gesture-like motion and runs slow down within a minute; a
+    # model trained on its own rollouts would keep pace.
+    model = due[0][0].model
+    L, dev = model.net.config.latent_dim, model.device
+    prevs = [stream._segments[-1] for stream, _ in due]
+    lengths = [start - prev.start for (_, start), prev in zip(due, prevs)]
+    grids = _advance([(s, len(s._segments) - 1, n) for (s, _), n in zip(due, lengths)])
+
+    # The last observation window of every stream that is not switching, decoded
+    # in one batch and encoded in one batch per window length.
+    encode = [i for i, (s, start) in enumerate(due) if start not in s._switches]
+    latents: dict[int, torch.Tensor] = {}
+    if encode:
+        pairs, taus, states = [], [], []
+        for i in encode:
+            stream, steps = due[i][0], lengths[i]
+            n = min(model.obs_frames, steps + 1)
+            first = steps + 1 - n
+            pairs += [(stream, prevs[i])] * n
+            steps_t = torch.arange(first, steps + 1, dtype=torch.float64, device=dev)
+            taus.append(steps_t / stream.rate)  # (n,)
+            states.extend(grids[i][first : steps + 1])
+        tau, y = torch.cat(taus), torch.stack(states)  # (N,), (N, 2L + 3)
+        rows = _Rows.of(model, pairs)
+        x = _pose_rows(model, rows, pad_rows(tau), pad_rows(y))[: len(pairs)]
+        groups: dict[int, list] = {}
+        first = 0
+        for i, t in zip(encode, taus):
+            groups.setdefault(len(t), []).append((i, x[first : first + len(t)], t))
+            first += len(t)
+        for group in groups.values():
+            xs = torch.stack([w for _, w, _ in group])  # (B, n, D)
+            ts = torch.stack([t - t[-1] for _, _, t in group])  # (B, n)
+            gens = [
+                due[i][0]._generator(prevs[i].seed, prevs[i].ordinal + 1)
+                for i, _, _ in group
+            ]
+            temps = [due[i][0].temperature for i, _, _ in group]
+            for (i, _, _), z in zip(group, model.posterior_many(xs, ts, gens, temps)):
+                latents[i] = z
+
+    out = []
+    for i, ((stream, start), prev) in enumerate(zip(due, prevs)):
+        end = grids[i][lengths[i]]
+        if i in latents:
+            z, offset = latents[i], torch.zeros_like(prev.offset)
+            seed, ordinal = prev.seed, prev.ordinal + 1
+        else:
+            components, seed = stream._switches[start]
+            z, offset, _ = stream._start(components)
+            ordinal = 0
+        state = torch.cat([z, end[:L], end[2 * L :]])
+        old_tau = lengths[i] / stream.rate
+        out.append(
+            _Segment(state, offset, prev.offset, old_tau, True, start, seed, ordinal)
+        )
+    return out
+
+
+@torch.no_grad()
+def _advance(needs: Sequence[tuple[PoseStream, int, int]]) -> list[list[torch.Tensor]]:
+    """Grid states of each (stream, segment index, segment-local solver step):
+    the segment's states from its start to that step at least (fewer at the
+    segment's end). Missing steps of every stream are solved together, one batched
+    RK4 step at a time. Each stream keeps its latest two segments' grids."""
+    grids, work = [], {}
+    for stream, index, step in needs:
+        seg = stream._segments[index]
+        step = min(step, stream._boundary_after(seg.start) - seg.start)
+        states = stream._grid.get(index)
+        if states is None:
+            states = stream._grid[index] = [seg.state]
+            for old in list(stream._grid)[:-2]:  # oldest first: dicts keep order
+                del stream._grid[old]
+        grids.append(states)
+        if id(states) not in work or work[id(states)][3] < step:
+            work[id(states)] = (stream, seg, states, step)
+
+    todo = list(work.values())
+    while todo := [w for w in todo if len(w[2]) <= w[3]]:
+        model, rate = todo[0][0].model, todo[0][0].rate
+        rows = _Rows.of(model, [(stream, seg) for stream, seg, _, _ in todo])
+        steps = torch.tensor(
+            [len(states) - 1 for _, _, states, _ in todo],
+            dtype=torch.float64,
+            device=model.device,
+        )  # (n,)
+        y0 = pad_rows(torch.stack([states[-1] for _, _, states, _ in todo]))
+        tau0, tau1 = pad_rows(steps / rate), pad_rows((steps + 1) / rate)
+        y1 = rk4_step(_field_rows(model, rows), tau0, tau1, y0)[: len(todo)].clone()
+        for (_, _, states, _), y in zip(todo, y1):
+            states.append(y)
+    return grids
+
+
+@torch.no_grad()
+def _rounds(requests: Sequence[tuple[PoseStream, np.ndarray]]):
+    """Solve the states of several streams at their own times together.
+
+    Yields rounds ``(positions, pairs, tau, y)``: per request, the indices into its
+    times answered in this round; then, for those times in request order, their
+    (stream, segment) pairs, segment-local times (n,) float64 and states
+    (n, 2L + 3). A round takes each stream's next times within one segment.
+
+    Raises:
+        ValueError: a bad time, a stream given twice, or streams of two models.
+    """
+    streams = [stream for stream, _ in requests]
+    if len({id(s) for s in streams}) != len(streams):
+        raise ValueError("requests: each stream may be given once")
+    if len({id(s.model) for s in streams}) > 1:
+        raise ValueError("requests: streams of different models")
+    times = [stream._check_times(t) for stream, t in requests]
+    orders = [np.argsort(t, kind="stable") for t in times]
+    cursors = [0] * len(requests)
+    while True:
+        # Each stream's next times that fall in one segment.
+        active = [r for r in range(len(streams)) if cursors[r] < len(orders[r])]
+        if not active:
+            return
+        firsts = {
+            r: math.floor(times[r][orders[r][cursors[r]]] * streams[r].rate + 1e-9)
+            for r in active
+        }
+        _extend([(streams[r], k) for r, k in firsts.items()])
+        picks = []
+        for r in active:
+            stream, order, t, c = streams[r], orders[r], times[r], cursors[r]
+            index = stream._locate(firsts[r])
+            seg = stream._segments[index]
+            end = stream._boundary_after(seg.start)
+            positions, steps = [], []
+            while c < len(order) and len(positions) < MAX_ROUND:
+                k = math.floor(t[order[c]] * stream.rate + 1e-9)  # grid point <= t
+                if k >= end:
+                    break
+                positions.append(int(order[c]))
+                steps.append(k - seg.start)
+                c += 1
+            cursors[r] = c
+            picks.append((r, stream, index, seg, positions, steps))
+
+        # Grid states at or just before each time, then one shortened RK4 step to
+        # the times between grid points.
+        grids = _advance([(s, index, st[-1]) for _, s, index, _, _, st in picks])
+        pairs, start, end, states = [], [], [], []
+        for (r, stream, _, seg, positions, steps), grid in zip(picks, grids):
+            for i, step in zip(positions, steps):
+                tau_k = step / stream.rate
+                tau = times[r][i] - seg.start / stream.rate
+                pairs.append((stream, seg))
+                start.append(tau_k)
+                end.append(tau if tau - tau_k > 1e-12 else tau_k)
+                states.append(grid[step])
+        model = streams[0].model
+        y = torch.stack(states)  # (n, 2L + 3)
+        tau_k = torch.tensor(start, dtype=torch.float64, device=model.device)
+        tau = torch.tensor(end, dtype=torch.float64, device=model.device)
+        off = torch.nonzero(tau != tau_k)[:, 0]
+        if len(off):
+            rows = _Rows.of(model, [pairs[i] for i in off.tolist()])
+            index = pad_index(off)
+            f = _field_rows(model, rows)
+            y = y.index_copy(
+                0, off, rk4_step(f, tau_k[index], tau[index], y[index])[: len(off)]
+            )
+
+        for r, stream, _, _, positions, _ in picks:
+            stream.latest = max(stream.latest, float(times[r][positions[-1]]))
+        answered = [[] for _ in requests]
+        for r, _, _, _, positions, _ in picks:
+            answered[r] = positions
+        yield answered, pairs, tau, y
+
+
+@torch.no_grad()
+def states_together(
+    requests: Sequence[tuple[PoseStream, np.ndarray]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pose features (T, D) and root states (T, 3) of several streams of one model,
+    each at its own times (T,) seconds, solved together: one batched model call per
+    solver stage for all streams. Every stream's answer is bit for bit the one its
+    own :meth:`PoseStream.states` gives (see :mod:`motionode.rowwise`).
+
+    Raises:
+        ValueError: a bad time, a stream given twice, or streams of two models.
+    """
+    out = []
+    for stream, times in requests:
+        count = len(np.asarray(times).reshape(-1))
+        out.append((np.zeros((count, stream.model.spec.dim)), np.zeros((count, 3))))
+    for answered, pairs, tau, y in _rounds(requests):
+        model, n = pairs[0][0].model, len(pairs)
+        L = model.net.config.latent_dim
+        rows = _Rows.of(model, pairs)
+        x = _pose_rows(model, rows, pad_rows(tau), pad_rows(y))[:n]
+        poses = model.denormalize(x).cpu().numpy()  # (n, D)
+        roots = y[:, 2 * L :].cpu().numpy()  # (n, 3)
+        first = 0
+        for (pose, root), positions in zip(out, answered):
+            last = first + len(positions)
+            pose[positions], root[positions] = poses[first:last], roots[first:last]
+            first = last
+    return out
+
+
+def channels_together(
+    requests: Sequence[tuple[PoseStream, np.ndarray]],
+) -> list[np.ndarray]:
+    """Principal channel rows (T, C) of several streams at their own times, as
+    :meth:`PoseStream.channels_at` with ``continuous=False`` gives them, solved and
+    decoded together."""
+    states = states_together(requests)
+    if not states:
+        return []
+    spec = requests[0][0].model.spec
+    poses = np.concatenate([p for p, _ in states])  # (N, D)
+    roots = np.concatenate([r for _, r in states])  # (N, 3)
+    rows = (
+        feat.decode(spec, poses, roots[:, :2], roots[:, 2], continuous=False)
+        if len(poses)
+        else np.zeros((0, requests[0][0].skeleton.num_channels))
+    )
+    splits = np.cumsum([len(p) for p, _ in states])[:-1]
+    return np.split(rows, splits)

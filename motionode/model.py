@@ -16,7 +16,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LatentODEVAE", "ModelConfig", "odeint_grid"]
+__all__ = ["LatentODEVAE", "ModelConfig", "odeint_grid", "rk4_step"]
 
 
 @dataclass
@@ -96,6 +96,30 @@ def odeint_grid(
         method="rk4",
         options={"grid_constructor": _grid(1.0 / rate), "perturb": False},
     )
+
+
+def rk4_step(
+    func, tau0: torch.Tensor, tau1: torch.Tensor, y0: torch.Tensor
+) -> torch.Tensor:
+    """One RK4 step per row, each row over its own span: the step
+    :func:`odeint_grid` takes (torchdiffeq's ``rk4``, the 3/8 rule), for a batch
+    of states that sit at different times, as streams advanced together do.
+
+    Args:
+        func: f(tau (B,) float64, y (B, S)) -> (B, S).
+        tau0, tau1: (B,) float64 start and end of each row's step.
+        y0: (B, S) states at ``tau0``.
+
+    Returns:
+        (B, S) states at ``tau1``.
+    """
+    dt = tau1 - tau0  # (B,)
+    h = dt[:, None].to(y0.dtype)  # (B, 1)
+    k1 = func(tau0, y0)
+    k2 = func(tau0 + dt / 3, y0 + h * k1 / 3)
+    k3 = func(tau0 + dt * (2 / 3), y0 + h * (k2 - k1 / 3))
+    k4 = func(tau1, y0 + h * (k1 - k2 + k3))
+    return y0 + (k1 + 3 * (k2 + k3) + k4) * h * 0.125
 
 
 def _grid(step: float):

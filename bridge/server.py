@@ -165,11 +165,7 @@ class _Stream:
         rows = self.poses.channels_at(motion, continuous, velocities=True)  # (T, 2C)
         half = rows.shape[1] // 2
         rows[:, half:] *= self.timeline.speeds(times)[:, None]
-        # The convention is linear per column: derivatives convert like values.
-        return np.concatenate(
-            [self.convert.apply(rows[:, :half]), self.convert.apply(rows[:, half:])],
-            axis=1,
-        )
+        return self.convert.apply_with_velocities(rows[:, :half], rows[:, half:])
 
     def control_time(self) -> float:
         """Stream time from which a control takes effect: the next frame's for a
@@ -253,7 +249,8 @@ class Server:
         self._prefixes: Counter[bytes] = Counter()
         self._bad_input = _LogBudget(BAD_INPUT_LOGS)
         self._frame_cost = 0.002  # running mean of one frame's compute, seconds
-        self._maps: dict[str, ChannelMap] = {}  # per convention, made on first use
+        # per (convention, rotations), made on first use
+        self._maps: dict[tuple[str, str], ChannelMap] = {}
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
@@ -482,8 +479,8 @@ class Server:
             },
         }
 
-    def _op_skeleton(self, owner: bytes, convention: str) -> dict:
-        return {"skeleton": self._channel_map(convention).skeleton}
+    def _op_skeleton(self, owner: bytes, convention: str, rotations: str) -> dict:
+        return {"skeleton": self._channel_map(convention, rotations).skeleton}
 
     def _op_sources(self, owner: bytes) -> dict:
         return {"sources": self.model.sources()}
@@ -533,6 +530,7 @@ class Server:
         velocities: bool,
         fps: float | None = None,
         convention: str = "raw",
+        rotations: str = "euler",
         window: int = proto.DEFAULT_WINDOW,
     ) -> dict:
         source = self._model_source(source, seed)
@@ -559,6 +557,7 @@ class Server:
             # would hold back every other push stream (up to seconds for 60 s).
             poses.channels_at(np.array([start]), continuous=False)
 
+        convert = self._channel_map(convention, rotations)
         stream_id = self._next_id
         self._next_id = self._next_id % proto.MAX_STREAM_ID + 1
         fields = {
@@ -569,13 +568,13 @@ class Server:
             "seed": seed,
             "fps": fps if mode != "pull" else None,
             "start": start,
-            "num_channels": self._skeleton["num_channels"],
+            "num_channels": convert.width,
             "velocities": velocities,
             "convention": convention,
+            "rotations": rotations,
         }
         if mode == "record":
             fields["window"] = window
-        convert = self._channel_map(convention)
         info = json.dumps(
             {**fields, "skeleton": convert.skeleton}, separators=(",", ":")
         ).encode()
@@ -607,13 +606,14 @@ class Server:
         )
         return fields
 
-    def _channel_map(self, convention: str) -> ChannelMap:
-        if convention not in self._maps:
+    def _channel_map(self, convention: str, rotations: str = "euler") -> ChannelMap:
+        key = (convention, rotations)
+        if key not in self._maps:
             sk = self.model.skeleton
-            self._maps[convention] = channel_map(
-                sk, self.model.spec.units_to_m, convention
+            self._maps[key] = channel_map(
+                sk, self.model.spec.units_to_m, convention, rotations
             )
-        return self._maps[convention]
+        return self._maps[key]
 
     def _op_pull(
         self, owner: bytes, stream: int, times: list[float], continuous: bool
@@ -650,7 +650,7 @@ class Server:
         fields = {
             "stream": stream,
             "count": values.shape[0],
-            "channels": self._skeleton["num_channels"],
+            "channels": target.convert.width,
             "dtype": "<f4",
             "velocities": target.velocities,
         }
@@ -870,7 +870,7 @@ class Server:
                 )
                 stream.end = "error"
                 return
-            half = self._skeleton["num_channels"]
+            half = stream.convert.width
             for i in range(count):
                 message = proto.encode_frame(
                     stream.id,

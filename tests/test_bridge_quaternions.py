@@ -5,6 +5,8 @@ description alone."""
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,3 +437,45 @@ def test_push_frames_carry_quaternion_rates(client):
         np.stack([f.joints.quaternion_rates for f in frames]), decoded.quaternion_rates
     )
     assert np.abs(decoded.quaternion_rates).max() > 0.5
+
+
+def test_protocol_document_example_matches_the_server():
+    """The quaternion example of PROTOCOL.md section 4 is what the server sends."""
+    text = " ".join(
+        (Path(__file__).parents[1] / "bridge" / "PROTOCOL.md").read_text().split()
+    )
+    rig = parse_bvh(
+        """HIERARCHY
+ROOT Hips
+{
+  OFFSET 0 90 0
+  CHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation
+  JOINT Chest
+  {
+    OFFSET 0 10 0
+    CHANNELS 3 Xrotation Yrotation Zrotation
+    End Site
+    {
+      OFFSET 0 20 0
+    }
+  }
+}
+MOTION
+Frames: 1
+Frame Time: 0.0333333
+0 90 0 0 0 0 0 0 0
+""",
+        "rig",
+    ).skeleton
+    pose = np.array([[1.0, 90.0, -2.0, 90.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    for name, wrote in (
+        ("raw", "[1, 90, -2, 0.7071068, 0, 0, 0.7071068, 1, 0, 0, 0]"),
+        ("unity", "[-0.01, 0.9, -0.02, 0, 0, -0.7071068, 0.7071068, 0, 0, 0, 1]"),
+    ):
+        assert f"`{wrote}`" in text
+        got = channel_map(rig, 0.01, name, "quaternion").apply(pose)[0]
+        np.testing.assert_allclose(got, json.loads(wrote), atol=5e-8)
+    desc = channel_map(rig, 0.01, "unity", "quaternion").skeleton
+    assert f"`layout` `{json.dumps(desc['layout'])}`" in text
+    assert f"`value_starts` `{desc['value_starts']}`" in text
+    assert f"`num_values` {desc['num_values']}" in text

@@ -479,3 +479,16 @@ Frame Time: 0.0333333
     assert f"`layout` `{json.dumps(desc['layout'])}`" in text
     assert f"`value_starts` `{desc['value_starts']}`" in text
     assert f"`num_values` {desc['num_values']}" in text
+
+
+def test_recording_sends_quaternions(client):
+    with client.open_recording(
+        SOURCE, fps=24.0, seed=5, convention="godot", rotations="quaternion"
+    ) as rec:
+        frames = [rec.recv(3.0) for _ in range(6)]
+    assert rec.info["rotations"] == "quaternion" and rec.info["mode"] == "record"
+    pull = client.open_pull(SOURCE, seed=5, convention="godot", rotations="quaternion")
+    rows = client.pull(pull, [f.t for f in frames], continuous=False)
+    client.close_stream(pull)
+    np.testing.assert_array_equal(np.stack([f.channels for f in frames]), rows)
+    assert all(f.joints.quaternions.shape == (22, 4) for f in frames)

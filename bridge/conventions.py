@@ -82,12 +82,11 @@ class _Quaternions:
         angles = np.radians(np.concatenate([euler, zero], axis=1))  # (T, C + 1)
         q = np.zeros((count, num_joints, 4))
         q[..., 0] = 1.0  # a joint without rotation channels: identity
-        dq = None if rates is None else np.zeros((count, num_joints, 4))
-        if rates is not None:
-            speeds = np.radians(np.concatenate([rates, zero], axis=1))  # (T, C + 1)
+        speeds = None if rates is None else np.radians(np.concatenate([rates, zero], 1))
+        dq = None if speeds is None else np.zeros((count, num_joints, 4))
         for order, joints, columns in self.groups:
             q[:, joints] = euler_to_quaternion(angles[:, columns], order)
-            if dq is not None:
+            if speeds is not None:
                 dq[:, joints] = euler_to_quaternion_rate(
                     angles[:, columns], speeds[:, columns], order
                 )

@@ -3,7 +3,14 @@
 The wire protocol is specified in ``PROTOCOL.md`` beside this file.
 """
 
-from bridge.client import AuthenticationError, Client, ClientStream, Frame, StreamEnded
+from bridge.client import (
+    AuthenticationError,
+    Client,
+    ClientStream,
+    Frame,
+    JointPoses,
+    StreamEnded,
+)
 from bridge.protocol import VERSION, ProtocolError
 from bridge.security import ClientKeys, ServerKeys, generate_keys
 from bridge.server import Server
@@ -15,6 +22,7 @@ __all__ = [
     "ClientKeys",
     "ClientStream",
     "Frame",
+    "JointPoses",
     "ProtocolError",
     "Server",
     "ServerKeys",

@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -29,6 +30,8 @@ __all__ = [
     "Client",
     "ClientStream",
     "Frame",
+    "JointPoses",
+    "QuaternionLayout",
     "StreamEnded",
     "blend",
 ]
@@ -60,6 +63,105 @@ def blend(*parts: tuple[str, float] | tuple[str, float, int]) -> dict:
     return {"blend": out}
 
 
+class JointPoses(NamedTuple):
+    """Poses of a quaternion stream, per joint (PROTOCOL.md, "Quaternion poses").
+
+    Leading axes (...) are those of the values decoded: none for one frame, (T,)
+    for pulled rows. Everything is in the stream's convention (axes, handedness,
+    unit), as float32.
+
+    Attributes:
+        translations: (..., J, 3) each joint's local translation: its offset, with
+            its position channels in place of the components they replace.
+        quaternions: (..., J, 4) each joint's local rotation relative to its
+            parent, a unit quaternion in the skeleton's ``quaternion_order`` (e.g.
+            x, y, z, w for Unity), with w >= 0.
+        translation_rates: (..., J, 3) time derivatives of ``translations`` per
+            second of stream time, for a stream opened with ``velocities``.
+        quaternion_rates: (..., J, 4) exact time derivatives of ``quaternions``,
+            same order, for a stream opened with ``velocities``.
+    """
+
+    translations: np.ndarray
+    quaternions: np.ndarray
+    translation_rates: np.ndarray | None = None
+    quaternion_rates: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class QuaternionLayout:
+    """Where a quaternion stream's values sit, read from its skeleton description.
+
+    Attributes:
+        order: the quaternion component order, e.g. "xyzw" or "wxyz".
+        offsets: (J, 3) float32 joint offsets from the description.
+        position_columns: (P,) int, value index of each position channel.
+        position_slots: (P,) int, ``3 * joint + axis`` each one replaces.
+        quaternion_columns: (J, 4) int, value index of each joint's quaternion
+            components, in ``order``.
+        width: W, values per pose.
+    """
+
+    order: str
+    offsets: np.ndarray
+    position_columns: np.ndarray
+    position_slots: np.ndarray
+    quaternion_columns: np.ndarray
+    width: int
+
+    @classmethod
+    def from_skeleton(cls, skeleton: dict) -> QuaternionLayout:
+        """The layout of a description with ``rotations`` "quaternion".
+
+        Raises:
+            ValueError: the description is not one of quaternion poses.
+        """
+        if skeleton.get("rotations") != "quaternion":
+            raise ValueError(
+                "skeleton: expected a description with rotations 'quaternion', got "
+                f"{proto.short_repr(skeleton.get('rotations'))}"
+            )
+        order = skeleton["quaternion_order"]
+        columns, slots, quaternions = [], [], []
+        for j, (names, start) in enumerate(
+            zip(skeleton["layout"], skeleton["value_starts"])
+        ):
+            for k, name in enumerate(names):
+                if name.endswith("position"):
+                    columns.append(start + k)
+                    slots.append(3 * j + "XYZ".index(name[0]))
+            quaternions.append([start + names.index(f"q{a}") for a in order])
+        return cls(
+            order,
+            np.asarray(skeleton["offsets"], dtype=np.float32).reshape(-1, 3),
+            np.array(columns, dtype=np.int64),
+            np.array(slots, dtype=np.int64),
+            np.array(quaternions, dtype=np.int64).reshape(-1, 4),
+            int(skeleton["num_values"]),
+        )
+
+    def decode(self, values: np.ndarray, rates: np.ndarray | None = None) -> JointPoses:
+        """Values (..., W), and optionally their rates (..., W), as joints."""
+        values = np.asarray(values, dtype=np.float32)
+        lead = values.shape[:-1]
+        moved = np.broadcast_to(self.offsets, lead + self.offsets.shape).copy()
+        flat = moved.reshape(lead + (-1,))  # (..., 3J), a view of moved
+        flat[..., self.position_slots] = values[..., self.position_columns]
+        if rates is None:
+            return JointPoses(moved, values[..., self.quaternion_columns])
+        rates = np.asarray(rates, dtype=np.float32)
+        speed = np.zeros_like(moved)
+        speed.reshape(lead + (-1,))[..., self.position_slots] = rates[
+            ..., self.position_columns
+        ]
+        return JointPoses(
+            moved,
+            values[..., self.quaternion_columns],
+            speed,
+            rates[..., self.quaternion_columns],
+        )
+
+
 class Frame(NamedTuple):
     """One pose of a push stream.
 
@@ -67,9 +169,13 @@ class Frame(NamedTuple):
         seq: frame number, counting from 0 at the stream's start.
         t: stream time in seconds, ``start + seq / fps``.
         sent: server clock in seconds when it was sent (see ``Client.clock_offset``).
-        channels: (C,) float32 BVH channel values of the stream's skeleton.
+        channels: (C,) float32 BVH channel values of the stream's skeleton; for a
+            stream opened with ``rotations="quaternion"``, its (W,) values as sent
+            (see ``joints``).
         velocities: (C,) float32 their time derivatives per second of stream time,
             for a stream opened with ``velocities``; else None.
+        joints: a quaternion stream's pose per joint (and its rates, with
+            ``velocities``); None for Euler channels.
     """
 
     seq: int
@@ -77,6 +183,7 @@ class Frame(NamedTuple):
     sent: float
     channels: np.ndarray
     velocities: np.ndarray | None = None
+    joints: JointPoses | None = None
 
 
 HEARTBEAT_MS = 1000  # ZeroMQ heartbeats: a server that vanished without closing
@@ -165,6 +272,7 @@ class Client:
         self._last_sent = time.monotonic()
         self._lease: float | None = None  # the server's, once hello has told it
         self._streams: list[ClientStream] = []
+        self._layouts: dict[str, QuaternionLayout] = {}  # per convention
         self._socket = self._connect()
 
     def _connect(self) -> zmq.Socket:
@@ -295,10 +403,12 @@ class Client:
         self._lease = float(reply["limits"]["lease"])
         return reply
 
-    def skeleton(self, convention: str = "raw") -> dict:
+    def skeleton(self, convention: str = "raw", rotations: str = "euler") -> dict:
         """The skeleton description (see PROTOCOL.md, "Skeleton description"), in
-        ``convention``."""
-        return self.request("skeleton", convention=convention)[0]["skeleton"]
+        ``convention``, for poses with ``rotations`` ("euler" or "quaternion")."""
+        extra = {"rotations": rotations} if rotations != "euler" else {}
+        reply = self.request("skeleton", convention=convention, **extra)[0]
+        return reply["skeleton"]
 
     def sources(self) -> list[str]:
         return self.request("sources")[0]["sources"]
@@ -327,6 +437,7 @@ class Client:
         start: float = 0.0,
         velocities: bool = False,
         convention: str = "raw",
+        rotations: str = "euler",
     ) -> ClientStream:
         """Open a push stream and subscribe to it; returns once its skeleton is in.
 
@@ -334,7 +445,9 @@ class Client:
         With ``velocities`` every frame also carries the channels' exact time
         derivatives (``Frame.velocities``). ``convention`` ("raw", "blender",
         "unity", "unreal", "godot") sets the axes, handedness and unit of the
-        skeleton and of every pose.
+        skeleton and of every pose. ``rotations="quaternion"`` sends each joint's
+        local rotation as a quaternion instead of Euler angles; frames then also
+        come decoded per joint (``Frame.joints``).
 
         Raises:
             TimeoutError: the skeleton did not arrive within ``timeout``.
@@ -342,6 +455,7 @@ class Client:
         extra = {
             "convention": convention,
             **({"velocities": True} if velocities else {}),
+            **({"rotations": rotations} if rotations != "euler" else {}),
         }
         return self._subscribe("push", source, fps, seed, start, extra)
 
@@ -354,6 +468,7 @@ class Client:
         velocities: bool = False,
         window: int = proto.DEFAULT_WINDOW,
         convention: str = "raw",
+        rotations: str = "euler",
     ) -> ClientStream:
         """Open a recording: frames ``fps`` apart in stream time, sent as fast as
         the server computes them and this client acknowledges them, none lost.
@@ -366,6 +481,7 @@ class Client:
             "window": window,
             "convention": convention,
             **({"velocities": True} if velocities else {}),
+            **({"rotations": rotations} if rotations != "euler" else {}),
         }
         return self._subscribe("record", source, fps, seed, start, extra)
 
@@ -399,11 +515,15 @@ class Client:
         seed: int = 0,
         velocities: bool = False,
         convention: str = "raw",
+        rotations: str = "euler",
     ) -> int:
         """Open a pull stream; returns its id for :meth:`pull`. With
         ``velocities`` its pulls return each row's time derivatives too. Its
-        skeleton is ``skeleton(convention)``."""
+        skeleton is ``skeleton(convention, rotations)``; with
+        ``rotations="quaternion"``, :meth:`pull_joints` decodes its rows."""
         extra = {"velocities": True} if velocities else {}
+        if rotations != "euler":
+            extra["rotations"] = rotations
         params = {"source": source, "seed": seed, "mode": "pull"}
         params["convention"] = convention
         stream = self.request("open", **params, **extra)[0]["stream"]
@@ -455,6 +575,33 @@ class Client:
             )
         values = np.frombuffer(extra[0], dtype="<f4")  # (T * C,)
         return values.reshape(count, channels)  # (T, C)
+
+    def pull_joints(
+        self, stream_id: int, times: np.ndarray | list[float], continuous: bool = True
+    ) -> JointPoses:
+        """Poses of a pull stream opened with ``rotations="quaternion"``, per
+        joint, with leading axis (T,) for ``times`` (see :meth:`pull`); with
+        ``velocities``, their rates too.
+
+        Raises:
+            ValueError: the stream was not opened here with quaternion rotations.
+        """
+        opened = self._opened.get(stream_id, {})
+        if opened.get("rotations") != "quaternion":
+            raise ValueError(
+                f"stream: {stream_id} was not opened by this client with "
+                "rotations='quaternion'"
+            )
+        convention = opened["convention"]
+        if convention not in self._layouts:
+            self._layouts[convention] = QuaternionLayout.from_skeleton(
+                self.skeleton(convention, "quaternion")
+            )
+        layout = self._layouts[convention]
+        rows = self.pull(stream_id, times, continuous)  # (T, W) or (T, 2W)
+        if opened.get("velocities"):
+            return layout.decode(rows[:, : layout.width], rows[:, layout.width :])
+        return layout.decode(rows)
 
     def _reopen_pull(self, stream_id: int) -> bool:
         """After a server restart: open a pull stream like ``stream_id`` again.
@@ -561,6 +708,7 @@ class ClientStream:
         self.ended: str | None = None
         self.info: dict = {}
         self.skeleton: dict = {}
+        self.layout: QuaternionLayout | None = None  # quaternion streams only
         self._client = client
         self._next_seq: int | None = None
         self._socket = client._context.socket(zmq.SUB)
@@ -598,6 +746,8 @@ class ClientStream:
     def _take_skeleton(self, message: proto.StreamMessage) -> None:
         self.info = message.info
         self.skeleton = message.info["skeleton"]
+        if self.skeleton.get("rotations") == "quaternion":
+            self.layout = QuaternionLayout.from_skeleton(self.skeleton)
         if self._next_seq is None:
             self._next_seq = message.seq
 
@@ -649,7 +799,14 @@ class ClientStream:
                     self._next_seq - self._acked >= self.window // 2
                 ):
                     self._acknowledge()
-                return Frame(seq, t, message.sent, message.channels, message.velocities)
+                joints = (
+                    None
+                    if self.layout is None
+                    else self.layout.decode(message.channels, message.velocities)
+                )
+                return Frame(
+                    seq, t, message.sent, message.channels, message.velocities, joints
+                )
         raise StreamEnded(self.id, self.ended)
 
     def _lost(self) -> bool:
@@ -677,7 +834,15 @@ class ClientStream:
             exact = t <= proto.MAX_START
             params = {
                 k: fields[k]
-                for k in ("source", "seed", "fps", "mode", "convention", "window")
+                for k in (
+                    "source",
+                    "seed",
+                    "fps",
+                    "mode",
+                    "convention",
+                    "rotations",
+                    "window",
+                )
                 if fields.get(k) is not None
             }
             if fields.get("velocities"):

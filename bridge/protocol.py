@@ -238,6 +238,15 @@ def _convention(value: Any) -> str:
     return value
 
 
+ROTATIONS = ("euler", "quaternion")
+
+
+def _rotations(value: Any) -> str:
+    if value not in ROTATIONS:
+        raise _bad("rotations", "'euler' or 'quaternion'", value)
+    return value
+
+
 def _mode(value: Any) -> str:
     if value not in ("push", "pull", "record"):
         raise _bad("mode", "'push', 'pull' or 'record'", value)
@@ -306,7 +315,7 @@ def _times(value: Any) -> list[float]:
 # Per op: field -> validator; every field not listed is rejected.
 _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "hello": {},
-    "skeleton": {"convention": _convention},
+    "skeleton": {"convention": _convention, "rotations": _rotations},
     "sources": {},
     "ping": {},
     "open": {
@@ -316,6 +325,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "start": _start,
         "mode": _mode,
         "convention": _convention,
+        "rotations": _rotations,
         "velocities": _flag("velocities"),
         "window": _window,
     },
@@ -327,13 +337,14 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "ack": {"stream": _stream_id, "received": _received},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "skeleton": {"convention": "raw"},
+    "skeleton": {"convention": "raw", "rotations": "euler"},
     "open": {
         "source": "prior",
         "seed": 0,
         "start": 0.0,
         "mode": "push",
         "convention": "raw",
+        "rotations": "euler",
         "velocities": False,
     },
     "pull": {"continuous": True},

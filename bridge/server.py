@@ -206,7 +206,8 @@ class Server:
         self._batch_cost = 0.002  # running mean of one batch's compute, seconds
         self._heavy_cost = 0.01  # running mean of one heavy frame's compute, seconds
         self._lookahead = MIN_LOOKAHEAD  # seconds before due that frames are made
-        self._maps: dict[str, ChannelMap] = {}  # per convention, made on first use
+        # per (convention, rotations), made on first use
+        self._maps: dict[tuple[str, str], ChannelMap] = {}
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
@@ -435,8 +436,8 @@ class Server:
             },
         }
 
-    def _op_skeleton(self, owner: bytes, convention: str) -> dict:
-        return {"skeleton": self._channel_map(convention).skeleton}
+    def _op_skeleton(self, owner: bytes, convention: str, rotations: str) -> dict:
+        return {"skeleton": self._channel_map(convention, rotations).skeleton}
 
     def _op_sources(self, owner: bytes) -> dict:
         return {"sources": self.model.sources()}
@@ -486,6 +487,7 @@ class Server:
         velocities: bool,
         fps: float | None = None,
         convention: str = "raw",
+        rotations: str = "euler",
         window: int = proto.DEFAULT_WINDOW,
     ) -> dict:
         source = self._model_source(source, seed)
@@ -512,6 +514,7 @@ class Server:
             # would hold back every other push stream (up to seconds for 60 s).
             poses.channels_at(np.array([start]), continuous=False)
 
+        convert = self._channel_map(convention, rotations)
         stream_id = self._next_id
         self._next_id = self._next_id % proto.MAX_STREAM_ID + 1
         fields = {
@@ -522,13 +525,13 @@ class Server:
             "seed": seed,
             "fps": fps if mode != "pull" else None,
             "start": start,
-            "num_channels": self._skeleton["num_channels"],
+            "num_channels": convert.width,
             "velocities": velocities,
             "convention": convention,
+            "rotations": rotations,
         }
         if mode == "record":
             fields["window"] = window
-        convert = self._channel_map(convention)
         info = json.dumps(
             {**fields, "skeleton": convert.skeleton}, separators=(",", ":")
         ).encode()
@@ -560,13 +563,14 @@ class Server:
         )
         return fields
 
-    def _channel_map(self, convention: str) -> ChannelMap:
-        if convention not in self._maps:
+    def _channel_map(self, convention: str, rotations: str = "euler") -> ChannelMap:
+        key = (convention, rotations)
+        if key not in self._maps:
             sk = self.model.skeleton
-            self._maps[convention] = channel_map(
-                sk, self.model.spec.units_to_m, convention
+            self._maps[key] = channel_map(
+                sk, self.model.spec.units_to_m, convention, rotations
             )
-        return self._maps[convention]
+        return self._maps[key]
 
     def _op_pull(
         self, owner: bytes, stream: int, times: list[float], continuous: bool
@@ -603,7 +607,7 @@ class Server:
         fields = {
             "stream": stream,
             "count": values.shape[0],
-            "channels": self._skeleton["num_channels"],
+            "channels": target.convert.width,
             "dtype": "<f4",
             "velocities": target.velocities,
         }
@@ -909,7 +913,7 @@ class Server:
                 return
             parts.append(rows)
         rows = np.concatenate(parts)  # (count, C) or (count, 2C)
-        half = self._skeleton["num_channels"]
+        half = stream.convert.width
         for i in range(count):
             message = proto.encode_frame(
                 stream.id,

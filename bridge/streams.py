@@ -73,11 +73,7 @@ class Stream:
         rows = self.poses.channels_at(motion, continuous, velocities=True)  # (T, 2C)
         half = rows.shape[1] // 2
         rows[:, half:] *= self.timeline.speeds(times)[:, None]
-        # The convention is linear per column: derivatives convert like values.
-        return np.concatenate(
-            [self.convert.apply(rows[:, :half]), self.convert.apply(rows[:, half:])],
-            axis=1,
-        )
+        return self.convert.apply_with_velocities(rows[:, :half], rows[:, half:])
 
     def control_time(self) -> float:
         """Stream time from which a control takes effect: the next frame's for a

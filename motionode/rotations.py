@@ -5,6 +5,10 @@ the last two axes are (3, 3), and any leading axes broadcast. Euler angles follo
 BVH: intrinsic rotations applied in the order the channels are listed, so the order
 "ZYX" means ``R = Rz(a0) @ Ry(a1) @ Rx(a2)``. Angles are radians unless a name ends
 in ``_deg``. The 6D form is the first two columns of the matrix, (..., 6).
+
+Quaternions here are (..., 4) arrays ``(w, x, y, z)``, scalar first, multiplied by
+Hamilton's rule; the unit quaternion ``(cos(a/2), sin(a/2) * u)`` is the rotation
+by ``a`` about the unit axis ``u``, and ``q1 * q2`` is the rotation ``R1 @ R2``.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EULER_ORDERS",
     "axis_angle_matrix",
+    "canonical_quaternion_sign",
     "euler_to_matrix",
+    "euler_to_quaternion",
+    "euler_to_quaternion_rate",
     "matrix_to_euler",
     "matrix_to_sixd",
+    "quaternion_multiply",
+    "quaternion_to_matrix",
     "sixd_to_matrix",
     "unwrap_euler",
 ]
@@ -137,3 +146,101 @@ def sixd_to_matrix(sixd: np.ndarray) -> np.ndarray:
     y = b / np.linalg.norm(b, axis=-1, keepdims=True)
     z = np.cross(x, y)
     return np.stack([x, y, z], axis=-1)
+
+
+def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton products ``a * b`` of quaternions (..., 4) ``(w, x, y, z)``; leading
+    axes broadcast. The product of unit quaternions is the rotation ``Ra @ Rb``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
+def _axis_quaternions(order: str, angles: np.ndarray) -> list[np.ndarray]:
+    """The three factors (..., 4) of an Euler triple (..., 3) radians: factor k
+    is ``(cos(a_k/2), sin(a_k/2) e)`` with ``e`` the unit vector of ``order[k]``."""
+    factors = []
+    for k, axis in enumerate(order):
+        half = angles[..., k] / 2.0
+        q = np.zeros(half.shape + (4,))
+        q[..., 0] = np.cos(half)
+        q[..., 1 + _AXIS[axis]] = np.sin(half)
+        factors.append(q)
+    return factors
+
+
+def euler_to_quaternion(angles: np.ndarray, order: str) -> np.ndarray:
+    """Intrinsic Euler angles (..., 3) radians, in ``order``, to unit quaternions
+    (..., 4) ``(w, x, y, z)`` of the same rotations as :func:`euler_to_matrix`:
+    ``q = q(a0) * q(a1) * q(a2)`` about the axes of ``order``. Either sign of a
+    quaternion is the same rotation; this one is the plain product (see
+    :func:`canonical_quaternion_sign`)."""
+    order = check_order(order)
+    q0, q1, q2 = _axis_quaternions(order, np.asarray(angles, dtype=np.float64))
+    return quaternion_multiply(quaternion_multiply(q0, q1), q2)
+
+
+def euler_to_quaternion_rate(
+    angles: np.ndarray, rates: np.ndarray, order: str
+) -> np.ndarray:
+    """Time derivatives (..., 4) of :func:`euler_to_quaternion` along a motion whose
+    Euler angles (..., 3) radians change at ``rates`` (..., 3) radians per second.
+
+    By the product rule, ``q' = q0' q1 q2 + q0 q1' q2 + q0 q1 q2'`` with
+    ``qk' = (ak' / 2) * (-sin(ak/2), cos(ak/2) e)``: exact, no differences taken.
+    """
+    order = check_order(order)
+    angles = np.asarray(angles, dtype=np.float64)
+    rates = np.asarray(rates, dtype=np.float64)
+    factors = _axis_quaternions(order, angles)
+    out = np.zeros(np.broadcast_shapes(angles.shape, rates.shape)[:-1] + (4,))
+    for k, axis in enumerate(order):
+        half = angles[..., k] / 2.0
+        step = np.zeros(half.shape + (4,))  # d q_k / d a_k
+        step[..., 0] = -0.5 * np.sin(half)
+        step[..., 1 + _AXIS[axis]] = 0.5 * np.cos(half)
+        parts = list(factors)
+        parts[k] = step * rates[..., k, None]
+        out = out + quaternion_multiply(
+            quaternion_multiply(parts[0], parts[1]), parts[2]
+        )
+    return out
+
+
+def canonical_quaternion_sign(quaternions: np.ndarray) -> np.ndarray:
+    """(...,) +1 or -1: the sign that puts a quaternion (..., 4) ``(w, x, y, z)``
+    in its canonical form, where ``w > 0``, or, if ``w == 0``, the first non-zero
+    of ``x, y, z`` is positive. ``q`` and ``-q`` are one rotation and get one
+    canonical form, so a canonical quaternion is a function of its rotation."""
+    q = np.asarray(quaternions, dtype=np.float64)
+    sign = np.ones(q.shape[:-1])
+    decided = np.zeros(q.shape[:-1], dtype=bool)
+    for i in range(4):
+        here = ~decided & (q[..., i] != 0.0)
+        sign[here] = np.sign(q[..., i][here])
+        decided |= here
+    return sign
+
+
+def quaternion_to_matrix(quaternions: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4) ``(w, x, y, z)`` to rotation matrices (..., 3, 3)
+    acting on column vectors (the quaternion is normalised first)."""
+    q = np.asarray(quaternions, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)

@@ -181,6 +181,7 @@ def test_public_names():
             "ClientKeys",
             "ClientStream",
             "Frame",
+            "JointPoses",
             "ProtocolError",
             "Server",
             "ServerKeys",

@@ -11,9 +11,14 @@ from motionode.bvh import read_bvh
 from motionode.kinematics import forward_kinematics, forward_kinematics_torch
 from motionode.rotations import (
     EULER_ORDERS,
+    canonical_quaternion_sign,
     euler_to_matrix,
+    euler_to_quaternion,
+    euler_to_quaternion_rate,
     matrix_to_euler,
     matrix_to_sixd,
+    quaternion_multiply,
+    quaternion_to_matrix,
     sixd_to_matrix,
     unwrap_euler,
 )
@@ -290,3 +295,64 @@ def test_forward_kinematics_numpy_equals_torch_on_real_clip():
     )
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9 * clip.skeleton.height())
     np.testing.assert_array_equal(want, clip.world_positions())
+
+
+# ------------------------------------------------------------------- quaternions
+
+
+def test_quaternion_hand_values():
+    # 90 degrees about Z: (cos 45, 0, 0, sin 45); it takes +X to +Y.
+    q = euler_to_quaternion(np.radians([90.0, 0.0, 0.0]), "ZXY")
+    h = math.sqrt(0.5)
+    np.testing.assert_allclose(q, [h, 0.0, 0.0, h], atol=1e-15)
+    np.testing.assert_allclose(
+        quaternion_to_matrix(q) @ [1, 0, 0], [0, 1, 0], atol=1e-15
+    )
+    # i * j = k, and j * i = -k (Hamilton).
+    i, j = np.array([0.0, 1, 0, 0]), np.array([0.0, 0, 1, 0])
+    np.testing.assert_array_equal(quaternion_multiply(i, j), [0, 0, 0, 1])
+    np.testing.assert_array_equal(quaternion_multiply(j, i), [0, 0, 0, -1])
+
+
+@pytest.mark.parametrize("order", EULER_ORDERS)
+def test_euler_quaternion_is_the_euler_matrix(order):
+    angles = np.random.default_rng(5).uniform(-np.pi, np.pi, size=(200, 3))
+    q = euler_to_quaternion(angles, order)  # (200, 4)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, atol=1e-15)
+    got = quaternion_to_matrix(q)
+    np.testing.assert_allclose(got, euler_to_matrix(angles, order), atol=1e-14)
+    # Products of quaternions are products of matrices.
+    both = quaternion_to_matrix(quaternion_multiply(q[:100], q[100:]))
+    np.testing.assert_allclose(both, got[:100] @ got[100:], atol=1e-14)
+
+
+@pytest.mark.parametrize("order", EULER_ORDERS)
+def test_quaternion_rate_is_the_derivative(order):
+    rng = np.random.default_rng(6)
+    angles = rng.uniform(-np.pi, np.pi, size=(50, 3))
+    rates = rng.normal(scale=3.0, size=(50, 3))
+    got = euler_to_quaternion_rate(angles, rates, order)  # (50, 4)
+    h = 1e-5
+    ahead = euler_to_quaternion(angles + h * rates, order)
+    behind = euler_to_quaternion(angles - h * rates, order)
+    central = (ahead - behind) / (2 * h)
+    assert np.abs(got - central).max() < 1e-8 * (1 + np.abs(central).max())
+    assert np.abs(got).max() > 1.0
+    # A unit quaternion's derivative is orthogonal to it.
+    q = euler_to_quaternion(angles, order)
+    np.testing.assert_allclose(np.sum(q * got, axis=-1), 0.0, atol=1e-12)
+
+
+def test_canonical_sign():
+    q = np.array(
+        [
+            [-0.5, 0.5, 0.5, 0.5],
+            [0.5, -0.5, -0.5, -0.5],
+            [0.0, -1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.6, -0.8],
+            [-0.0, 0.0, -0.0, -1.0],
+        ]
+    )
+    np.testing.assert_array_equal(canonical_quaternion_sign(q), [-1, 1, -1, 1, -1])
+    signed = q * canonical_quaternion_sign(q)[:, None]
+    np.testing.assert_array_equal(canonical_quaternion_sign(signed), 1.0)

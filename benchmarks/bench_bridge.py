@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # as 'motionode serve' does by default
+    sys.setswitchinterval(0.0005)  # as 'motionode serve' does
     model = MotionModel.load(args.model)
     channels = model.skeleton.num_channels
     payload = len(proto.encode_frame(1, 0, 0.0, 0.0, np.zeros(channels))) - 9

@@ -30,8 +30,8 @@ from bridge import protocol as proto
 from bridge.conventions import ChannelMap, channel_map
 from bridge.protocol import ProtocolError
 from bridge.security import ServerKeys
+from bridge.streams import Solver
 from bridge.streams import Stream as _Stream
-from bridge.streams import rows_together
 
 if TYPE_CHECKING:
     from typing import Self
@@ -42,17 +42,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Server", "check_endpoint"]
 
-RECORD_MOTION_S = 0.1  # seconds of motion a recording may compute per pass
 IDLE_POLL = 0.05  # longest sleep of either loop, so stop() and leases act promptly
 MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve others
-MAX_AHEAD = 32  # frames per stream computed before they fall due, at most
-# Push frames are computed this long before they fall due: at least MIN, about
-# three times what computing a batch of all streams takes, at most MAX.
-MIN_LOOKAHEAD, MAX_LOOKAHEAD = 0.02, 0.25
-# A stream whose frames are further apart in motion time than this is computed on
-# its own, after the others, so that its solver steps never hold theirs back.
-HEAVY_FRAME_MOTION = 0.05
-RECORD_BATCH = 4  # a recording's frames per pass: live streams wait at most this long
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
@@ -203,9 +194,9 @@ class Server:
         # stream opened later than a matching subscription starts on it.
         self._prefixes: Counter[bytes] = Counter()
         self._bad_input = _LogBudget(BAD_INPUT_LOGS)
-        self._batch_cost = 0.002  # running mean of one batch's compute, seconds
-        self._heavy_cost = 0.01  # running mean of one heavy frame's compute, seconds
-        self._lookahead = MIN_LOOKAHEAD  # seconds before due that frames are made
+        self._solver = Solver(self._open_streams, self._wake_stream, self._stopping)
+        self._waker: zmq.Socket | None = None  # solver -> stream thread, "frames"
+        self._waker_lock = threading.Lock()
         # per (convention, rotations), made on first use
         self._maps: dict[tuple[str, str], ChannelMap] = {}
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
@@ -242,6 +233,15 @@ class Server:
             xpub.close()
             self._stop_authenticator()
             raise
+        # The solver wakes the stream thread when it has queued frames.
+        wake = self._context.socket(zmq.PULL)
+        wake.linger = 0
+        address = f"inproc://motionode-wake-{self._instance}"
+        wake.bind(address)
+        self._waker = self._context.socket(zmq.PUSH)
+        self._waker.linger = 0
+        self._waker.sndhwm = 1
+        self._waker.connect(address)
         self.control_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stream_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         logger.info("control socket bound at %s", self.control_endpoint)
@@ -262,9 +262,12 @@ class Server:
             ),
             threading.Thread(
                 target=self._stream_loop,
-                args=(xpub,),
+                args=(xpub, wake),
                 name="bridge-stream",
                 daemon=True,
+            ),
+            threading.Thread(
+                target=self._solver.run, name="bridge-solver", daemon=True
             ),
         ]
         for thread in self._threads:
@@ -283,6 +286,9 @@ class Server:
                 logger.error("%s did not stop within %.1f s", thread.name, timeout)
                 stuck = True
         self._threads = []
+        if self._waker is not None and not stuck:
+            self._waker.close()
+            self._waker = None
         self._stop_authenticator()
         if self._own_context and self._context is not None and not stuck:
             self._context.term()
@@ -668,6 +674,7 @@ class Server:
             )
         # Acknowledgements may arrive out of order (retries): never shrink.
         target.allowed = max(target.allowed, received + target.window)
+        self._solver.poke()
         return {"stream": stream, "received": received, "allowed": target.allowed}
 
     def _op_speed(self, owner: bytes, stream: int, speed: float) -> dict:
@@ -679,44 +686,65 @@ class Server:
                 f"{speed / target.fps:g} s of motion between frames, over "
                 f"{proto.MAX_FRAME_MOTION:g} s; raise fps or lower speed",
             )
-        with target.lock:
-            target.ahead = None
+        with target.lock, target.send_lock:
+            target.drop_computed()
             at = target.control_time()
             motion = target.timeline.set_speed(at, speed)
             if target.mode != "pull":
                 target.timeline.forget_before(at)  # push frames never look back
+        self._solver.poke()
         logger.info("stream %d: speed %g from stream time %.4f s", stream, speed, at)
         return {"stream": stream, "speed": speed, "at": at, "motion_time": motion}
 
     # ------------------------------------------------------------ stream thread
 
-    def _stream_loop(self, xpub: zmq.Socket) -> None:
+    def _open_streams(self) -> list[_Stream]:
+        with self._lock:
+            return list(self._streams.values())
+
+    def _wake_stream(self) -> None:
+        """Called by the solver: frames were queued."""
+        with self._waker_lock:
+            if self._waker is not None:
+                try:
+                    self._waker.send(b"", zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # a wake-up is already waiting
+
+    def _stream_loop(self, xpub: zmq.Socket, wake: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(xpub, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 try:
                     wait = self._publish_due(xpub)
-                    if xpub.poll(math.ceil(wait * 1000)):
+                    # ZeroMQ waits whole milliseconds: wait the rest in a sleep, so
+                    # frames leave within a fraction of a millisecond of their time.
+                    events = dict(poller.poll(math.floor(wait * 1000)))
+                    if not events and wait % 0.001 > 0:
+                        time.sleep(wait % 0.001)
+                    if xpub in events:
                         self._read_subscriptions(xpub)
+                    if wake in events:
+                        while wake.poll(0):
+                            wake.recv()
                 except Exception:
                     logger.exception("stream: unexpected failure; carrying on")
                     time.sleep(IDLE_POLL)
-            with self._lock:
-                remaining = list(self._streams.values())
-            for stream in remaining:
+            for stream in self._open_streams():
                 stream.end = stream.end or "server_stopped"
                 self._finish(xpub, stream)
         finally:
             xpub.close(linger=XPUB_LINGER_MS)
+            wake.close()
 
     def _publish_due(self, xpub: zmq.Socket) -> float:
-        """Publish every frame that is due, end finished streams, compute frames
-        ahead; return how long to sleep until there is more to do."""
+        """Publish every computed frame that is due (a recording's at once), end
+        finished streams; return how long to sleep until the next falls due."""
         now = time.monotonic()
-        with self._lock:
-            streams = list(self._streams.values())
         wake = now + IDLE_POLL
-        recordings, live, due = [], [], []
-        for stream in streams:
+        for stream in self._open_streams():
             if self._stopping.is_set():
                 break  # the loop ends every stream next
             if stream.end is None and now - stream.last_seen > self.lease:
@@ -738,198 +766,43 @@ class Server:
                 self._send_skeleton(xpub, stream)
             if stream.clock0 is None:  # a pull stream, or no subscriber yet
                 continue
-            if stream.mode == "record":
-                recordings.append(stream)
-                continue
-            count = 0
-            while (
-                count < MAX_BATCH
-                and stream.clock0 + (stream.next_seq + count) / stream.fps <= now
-            ):
-                count += 1
-            if count:
-                due.append((stream, count))
-            live.append(stream)
-
-        self._send_due(xpub, due)
-        for stream in live:
-            next_due = stream.clock0 + stream.next_seq / stream.fps
-            self._check_late(stream, time.monotonic() - next_due)
-            wake = min(wake, next_due)
-        wake = min(wake, self._compute_ahead(live))
-
-        # Recordings take what time the live streams leave, a few frames each.
-        for stream in recordings:
-            if self._stopping.is_set():
-                break
-            # A few frames, and at most about 0.1 s of motion, per pass.
-            motion_per_frame = max(stream.timeline.speed, 1e-9) / stream.fps
-            count = min(
-                RECORD_BATCH,
-                stream.allowed - stream.next_seq,
-                max(1, int(RECORD_MOTION_S / motion_per_frame)),
-            )
-            if count > 0:
-                with stream.lock:
-                    times = stream.time_of(np.array([stream.next_seq]))
-                    if self._solved_near(stream, times):
-                        self._send_frames(xpub, stream, count)
-            if stream.allowed > stream.next_seq:
+            self._send_frames(xpub, stream, now)
+            if stream.mode == "push":
+                due = stream.clock0 + stream.next_seq / stream.fps
+                self._check_late(stream, time.monotonic() - due)
+                if stream.ahead:
+                    wake = min(wake, due)
+            elif stream.ahead:  # a recording's frames beyond this pass's batch
                 wake = now
         return max(0.0, wake - time.monotonic())
 
-    def _send_due(self, xpub: zmq.Socket, due: list[tuple[_Stream, int]]) -> None:
-        """Publish each (stream, count) job's next frames: those computed ahead
-        at once, the others computed now, all light streams together, then each
-        heavy one alone."""
-        # A stream whose lock the control thread holds is served next pass.
-        held = [(s, count) for s, count in due if s.lock.acquire(blocking=False)]
-        try:
-            light = [(s, count) for s, count in held if not self._heavy(s)]
-            groups = [light] + [[job] for job in held if self._heavy(job[0])]
-            for group in groups:
-                jobs = [
-                    (s, s.time_of(np.arange(s.next_seq + s.ready(), s.next_seq + n)))
-                    for s, n in group
-                    if s.ready() < n
-                ]
-                computed = dict(zip((id(s) for s, _ in jobs), rows_together(jobs)))
-                for s, count in group:
-                    self._send_frames(xpub, s, count, computed.get(id(s)))
-        finally:
-            for s, _ in held:
-                s.lock.release()
-
-    @staticmethod
-    def _solved_near(stream: _Stream, times: np.ndarray) -> bool:
-        """Whether the motion is solved to within RECORD_MOTION_S of stream times
-        (T,); if not, solve one more such slice of it (the poses of those times
-        stay what they would have been), so that a frame far ahead in motion is
-        reached over several passes, between other streams' frames. Call with
-        the stream's lock held."""
-        target = float(stream.timeline.motion(times).max())
-        reached = max(stream.poses.latest, 0.0)
-        if target - reached <= RECORD_MOTION_S:
-            return True
-        stream.poses.states(np.array([reached + RECORD_MOTION_S]))
-        return False
-
-    @staticmethod
-    def _heavy(stream: _Stream) -> bool:
-        return stream.timeline.speed / stream.fps > HEAVY_FRAME_MOTION
-
-    def _compute_ahead(self, live: list[_Stream]) -> float:
-        """Compute live streams' next frames before they fall due: all light
-        streams in one batch, once the soonest uncomputed frame is half the
-        lookahead away; then heavy streams' next frames one at a time, while one
-        fits before the next frame falls due. Return when to look again (server
-        clock)."""
-        now = time.monotonic()
-        light = [s for s in live if not self._heavy(s)]
-        soonest = min(
-            (s.clock0 + (s.next_seq + s.ready()) / s.fps for s in light),
-            default=math.inf,
-        )
-        wake = soonest - self._lookahead / 2
-        if wake <= now:
-            self._compute_light(light, now + self._lookahead)
-            wake = now
-
-        next_due = min(
-            (s.clock0 + s.next_seq / s.fps for s in live), default=now + IDLE_POLL
-        )
-        for s in live:
-            if not self._heavy(s) or s.ready():
-                continue
-            if time.monotonic() + self._heavy_cost >= next_due:
-                return now  # the rest next pass, after what falls due is sent
-            if not s.lock.acquire(blocking=False):
-                continue
-            began = time.monotonic()
-            try:
-                times = s.time_of(np.array([s.next_seq]))
-                if s.end is None and not s.ready() and self._solved_near(s, times):
-                    (s.ahead,) = rows_together([(s, times)])
-            finally:
-                s.lock.release()
-            cost = time.monotonic() - began
-            self._heavy_cost = 0.8 * self._heavy_cost + 0.2 * cost
-        return wake
-
-    def _compute_light(self, light: list[_Stream], horizon: float) -> None:
-        """Compute every light stream's frames that fall due before ``horizon``
-        (server clock) and are not computed yet, in one batch."""
-        held = [s for s in light if s.lock.acquire(blocking=False)]
-        began = time.monotonic()
-        try:
-            jobs = []
-            for s in held:
-                first = s.next_seq + s.ready()
-                last = math.floor((horizon - s.clock0) * s.fps + 1e-9)
-                last = max(first, min(last, s.next_seq + MAX_AHEAD - 1))
-                if s.end is None and first <= last:
-                    jobs.append((s, np.arange(first, last + 1)))
-            rows = rows_together([(s, s.time_of(seqs)) for s, seqs in jobs])
-            for (s, _), more in zip(jobs, rows):
-                # A failure is met again when the frame falls due, and ends it there.
-                if more is not None:
-                    s.ahead = more if s.ahead is None else np.vstack([s.ahead, more])
-        finally:
-            for s in held:
-                s.lock.release()
-        cost = time.monotonic() - began
-        self._batch_cost = 0.8 * self._batch_cost + 0.2 * cost
-        self._lookahead = min(MAX_LOOKAHEAD, max(MIN_LOOKAHEAD, 3 * self._batch_cost))
-
-    def _send_frames(
-        self,
-        xpub: zmq.Socket,
-        stream: _Stream,
-        count: int,
-        computed: np.ndarray | None = None,
-    ) -> None:
-        """Publish frames ``next_seq`` to ``next_seq + count - 1``: rows computed
-        ahead, then ``computed`` ones, then any still missing computed now. Call
-        with the stream's lock held."""
-        # The lock covers computing, sending and counting the frames: a speed
-        # change or switch must see next_seq past every frame computed so far.
-        first = stream.next_seq
-        seqs = np.arange(first, first + count, dtype=np.float64)
-        times = stream.time_of(seqs)  # (count,), start + seq / fps
-        have = min(stream.ready(), count)
-        parts = [stream.ahead[:have]] if have else []
-        if computed is not None:
-            parts.append(computed)
-        missing = count - sum(len(p) for p in parts)
-        if missing > 0:
-            (rows,) = rows_together([(stream, times[count - missing :])])
-            if rows is None:
-                logger.error(
-                    "stream %d: the model failed at t = %.6f s; ending it",
-                    stream.id,
-                    times[count - missing],
-                )
-                stream.end = "error"
-                return
-            parts.append(rows)
-        rows = np.concatenate(parts)  # (count, C) or (count, 2C)
+    def _send_frames(self, xpub: zmq.Socket, stream: _Stream, now: float) -> None:
+        """Publish a stream's computed frames that are due at ``now`` (server
+        clock), at most MAX_BATCH; a recording's regardless of the clock."""
+        count, first = 0, stream.next_seq
         half = stream.convert.width
-        for i in range(count):
-            message = proto.encode_frame(
-                stream.id,
-                first + i,
-                float(times[i]),
-                time.monotonic(),
-                rows[i, :half],
-                rows[i, half:] if stream.velocities else None,
+        with stream.send_lock:
+            ahead = stream.ahead
+            while ahead and count < MAX_BATCH:
+                seq, row = ahead[0]
+                if stream.mode == "push" and stream.clock0 + seq / stream.fps > now:
+                    break
+                ahead.popleft()
+                message = proto.encode_frame(
+                    stream.id,
+                    seq,
+                    float(stream.time_of(seq)),
+                    time.monotonic(),
+                    row[:half],
+                    row[half:] if stream.velocities else None,
+                )
+                xpub.send(message, zmq.NOBLOCK)
+                stream.next_seq = seq + 1
+                count += 1
+        if count:
+            logger.debug(
+                "stream %d: frames %d-%d sent", stream.id, first, first + count - 1
             )
-            xpub.send(message, zmq.NOBLOCK)
-        stream.next_seq = first + count
-        left = stream.ready() - have
-        stream.ahead = stream.ahead[have:] if left > 0 else None
-        logger.debug(
-            "stream %d: frames %d-%d sent", stream.id, first, first + count - 1
-        )
 
     def _check_late(self, stream: _Stream, lateness: float) -> None:
         if lateness > LATE_WARNING and not stream.late:
@@ -1017,6 +890,7 @@ class Server:
         )
         if stream.clock0 is None:
             stream.clock0 = now
+            self._solver.poke()
             logger.info(
                 "stream %d: first subscriber; publishing at %g fps",
                 stream.id,

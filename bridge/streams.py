@@ -1,16 +1,22 @@
-"""What the server keeps per open stream, and frames of many streams at once.
+"""What the server keeps per open stream, and the thread that computes frames.
 
-A push stream's frames are computed before they fall due, so they leave on time;
-the streams due together are computed together: every model call of the pose
-solver runs once per solver stage for all of them (see
-:func:`motionode.generate.channels_together`), with each stream's rows bit for bit
-what it would get alone.
+Frames are computed by a solver thread before they fall due, and sent by the
+stream thread when they do: sending never waits for the model, so a frame leaves
+on time as long as the solver keeps ahead. The solver computes the frames of all
+streams together: every model call of the pose solver runs once per solver stage
+for all of them (see :func:`motionode.generate.channels_together`), with each
+stream's rows bit for bit what it would get alone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +28,22 @@ from motionode.generate import PoseStream, channels_together
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Stream", "rows_together"]
+__all__ = ["Solver", "Stream", "rows_together"]
+
+MAX_AHEAD = 32  # frames per stream computed before they are sent, at most
+# Push frames are computed up to this long before they fall due, and computing
+# starts again when the soonest uncomputed frame is half of it away: four times
+# the longest batch of the last COST_MEMORY seconds (a segment start makes a
+# batch several times the others), within these bounds (seconds).
+MIN_LOOKAHEAD, MAX_LOOKAHEAD = 0.1, 0.3
+COST_MEMORY = 5.0
+# A stream whose frames are further apart in motion time than this (seconds) is
+# computed on its own, in slices, so its solver steps never hold the others back.
+HEAVY_FRAME_MOTION = 0.05
+SLICE_MOTION_S = 0.1  # seconds of motion a heavy stream or recording solves per pass
+RECORD_BATCH = 4  # a recording's frames per pass
+IDLE_WAIT = 0.05  # longest sleep of the solver, so it stops promptly
+SOLVER_NICE = 10  # how much lower the solver thread's CPU priority is (Linux nice)
 
 
 @dataclass(eq=False)
@@ -47,20 +68,40 @@ class Stream:
     window: int = 0  # a recording's frames allowed in flight unacknowledged
     allowed: int = 0  # a recording may send frames below this seq
     timeline: Timeline = field(default_factory=Timeline)  # stream -> motion time
-    # Rows (n, C) or (n, 2C) of frames next_seq .. next_seq + n - 1, computed
-    # before they fall due. A speed change drops them.
-    ahead: np.ndarray | None = None
+    # (seq, row) of frames computed and not yet sent, from next_seq on; rows are
+    # (C,) values, or (2C,) with their derivatives. A speed change drops them.
+    ahead: deque = field(default_factory=deque)
+    computed_to: int = 0  # the next frame the solver computes
     fields: dict = field(default_factory=dict)  # the open reply, for ``streams``
-    # Held while the pose generator or the timeline is used: the stream thread
-    # computes a push stream's frames while the control thread may switch it.
+    # Held while the pose generator or the timeline is used: the solver thread
+    # computes frames while the control thread may pull, switch or change speed.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while frames are taken from or put into ``ahead``, and next_seq moves.
+    # Order: ``lock`` before ``send_lock``, never the other way round.
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def time_of(self, seq: int | np.ndarray) -> float | np.ndarray:
         return self.start + seq / self.fps
 
-    def ready(self) -> int:
-        """Frames from ``next_seq`` on whose rows are computed."""
-        return 0 if self.ahead is None else len(self.ahead)
+    def heavy(self) -> bool:
+        return self.timeline.speed / self.fps > HEAVY_FRAME_MOTION
+
+    def drop_computed(self) -> None:
+        """Forget frames computed and not sent; call with both locks held."""
+        self.ahead.clear()
+        self.computed_to = self.next_seq
+
+    def solved_near(self, times: np.ndarray) -> bool:
+        """Whether the motion is solved to within SLICE_MOTION_S of stream times
+        (T,); if not, solve one more such slice of it (poses of those times stay
+        what they would have been), so a frame far ahead in motion is reached over
+        several passes, between other streams' frames. Call with ``lock`` held."""
+        target = float(self.timeline.motion(times).max())
+        reached = max(self.poses.latest, 0.0)
+        if target - reached <= SLICE_MOTION_S:
+            return True
+        self.poses.states(np.array([reached + SLICE_MOTION_S]))
+        return False
 
     def rows(self, times: np.ndarray, continuous: bool) -> np.ndarray:
         """Channel rows (T, C) at stream times (T,), or (T, 2C) with their
@@ -120,3 +161,163 @@ def rows_together(jobs: list[tuple[Stream, np.ndarray]]) -> list[np.ndarray | No
                 "stream %d: the model failed at t = %.6f s", stream.id, times[0]
             )
     return out
+
+
+def _lower_priority() -> None:
+    """Give the calling thread a lower CPU priority (Linux: threads have their
+    own nice value), so that sending frames, ZeroMQ's I/O and the clients on
+    this machine run the moment they are ready while the solver computes."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + SOLVER_NICE
+        )
+    except (AttributeError, OSError) as exc:  # not on this platform, or not allowed
+        logger.debug("solver: priority left as it is: %s", exc)
+
+
+def _clock0(stream: Stream, now: float) -> float:
+    return stream.clock0 if stream.clock0 is not None else now
+
+
+class Solver:
+    """Computes the frames of push streams and recordings before they are sent.
+
+    Light push streams are computed in one batch once the soonest uncomputed frame
+    is half the lookahead away, up to the lookahead; then heavy streams' next
+    frames and recordings' next few, in slices of motion. Frames go into each
+    stream's ``ahead`` queue; the stream thread sends them.
+
+    Args:
+        streams: the open streams, called each pass.
+        ready: called after frames were added, to wake the stream thread.
+        stopping: set when the server stops.
+    """
+
+    def __init__(
+        self,
+        streams: Callable[[], list[Stream]],
+        ready: Callable[[], None],
+        stopping: threading.Event,
+    ) -> None:
+        self._streams = streams
+        self._ready = ready
+        self._stopping = stopping
+        self._work = threading.Event()
+        self.costs: deque[tuple[float, float]] = deque()  # (end, seconds) a batch
+        self.lookahead = MIN_LOOKAHEAD
+
+    def poke(self) -> None:
+        """Something changed (a subscriber, an acknowledgement, a speed): look
+        again now."""
+        self._work.set()
+
+    def run(self) -> None:
+        _lower_priority()
+        while not self._stopping.is_set():
+            try:
+                wait = self.step()
+            except Exception:
+                logger.exception("solver: unexpected failure; carrying on")
+                wait = IDLE_WAIT
+            self._work.wait(min(max(wait, 0.0), IDLE_WAIT))
+            self._work.clear()
+
+    def step(self) -> float:
+        """One pass; return how long to wait before the next (seconds)."""
+        streams = [s for s in self._streams() if s.end is None and s.mode != "pull"]
+        now = time.monotonic()
+        # A push stream's first frames are computed before anyone subscribes, as
+        # if the first subscriber came now: frame times do not depend on it.
+        light = [s for s in streams if s.mode == "push" and not s.heavy()]
+        others = [
+            s
+            for s in streams
+            if s.clock0 is not None and (s.mode == "record" or s.heavy())
+        ]
+        soonest = min(
+            (_clock0(s, now) + s.computed_to / s.fps for s in light if self._room(s)),
+            default=math.inf,
+        )
+        wait = soonest - self.lookahead / 2 - now
+        if wait <= 0:
+            self._light(light, now + self.lookahead)
+            wait = 0.0
+        busy = False
+        for s in others:
+            busy |= self._alone(s)
+            if self._stopping.is_set():
+                break
+        return 0.0 if busy else wait
+
+    @staticmethod
+    def _room(s: Stream) -> bool:
+        return s.computed_to - s.next_seq < MAX_AHEAD
+
+    def _light(self, light: list[Stream], horizon: float) -> None:
+        """Compute every light stream's frames that fall due before ``horizon``
+        (server clock) and are not computed yet, all in one batch."""
+        held = [s for s in light if s.lock.acquire(blocking=False)]
+        began = time.monotonic()
+        try:
+            jobs = []
+            for s in held:
+                first = s.computed_to
+                last = math.floor((horizon - _clock0(s, began)) * s.fps + 1e-9)
+                last = min(max(first, last), s.next_seq + MAX_AHEAD - 1)
+                if s.end is None and first <= last:
+                    jobs.append((s, np.arange(first, last + 1)))
+            rows = rows_together([(s, s.time_of(seqs)) for s, seqs in jobs])
+            for (s, seqs), values in zip(jobs, rows):
+                self._keep(s, seqs, values)
+        finally:
+            for s in held:
+                s.lock.release()
+        if held:
+            self._ready()
+        end = time.monotonic()
+        self.costs.append((end, end - began))
+        while self.costs[0][0] < end - COST_MEMORY:
+            self.costs.popleft()
+        longest = max(cost for _, cost in self.costs)
+        self.lookahead = min(MAX_LOOKAHEAD, max(MIN_LOOKAHEAD, 4 * longest))
+
+    def _alone(self, s: Stream) -> bool:
+        """Work on a heavy stream's next frame or a recording's next few; return
+        whether more is left to do now."""
+        if s.mode == "record":
+            motion_per_frame = max(s.timeline.speed, 1e-9) / s.fps
+            count = min(
+                RECORD_BATCH,
+                s.allowed - s.computed_to,
+                MAX_AHEAD - (s.computed_to - s.next_seq),
+                max(1, int(SLICE_MOTION_S / motion_per_frame)),
+            )
+        else:
+            count = 1 if s.computed_to == s.next_seq else 0
+        if count <= 0 or not s.lock.acquire(blocking=False):
+            return False
+        try:
+            seqs = np.arange(s.computed_to, s.computed_to + count)
+            times = s.time_of(seqs)
+            if s.end is not None or not s.solved_near(times):
+                return s.end is None
+            (values,) = rows_together([(s, times)])
+            self._keep(s, seqs, values)
+        finally:
+            s.lock.release()
+        self._ready()
+        return s.mode == "record" and s.allowed > s.computed_to
+
+    @staticmethod
+    def _keep(s: Stream, seqs: np.ndarray, values: np.ndarray | None) -> None:
+        """Queue computed rows (T, ...) of frames ``seqs``; a failed computation
+        ends the stream. Call with the stream's ``lock`` held."""
+        if values is None:
+            s.end = "error"
+            return
+        with s.send_lock:
+            if seqs[0] != s.computed_to:  # a speed change dropped what came before
+                return
+            s.ahead.extend(zip(seqs.tolist(), values))
+            s.computed_to = int(seqs[-1]) + 1

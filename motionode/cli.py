@@ -164,6 +164,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- live
 
 
+def _prompt_threads() -> None:
+    """Let the thread that sends frames take the interpreter within 0.5 ms of
+    its time, instead of Python's default 5 ms, while the solver computes."""
+    sys.setswitchinterval(0.0005)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
@@ -171,6 +177,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    _prompt_threads()
     keys = None
     if args.curve_secret or args.curve_allow:
         from bridge.security import ServerKeys
@@ -330,6 +337,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bridge.server import Server
 
     torch.set_num_threads(1)  # per-frame work is small: one thread is fastest
+    _prompt_threads()
     model = _load_model(args)
     rates = args.fps
     with _running(Server(model)) as server:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.client import Client
+from bridge.client import Client, StreamEnded
 from bridge.server import Server
 from motionode.generate import MotionModel, channels_together, states_together
 from motionode.model import odeint_grid, rk4_step
@@ -115,3 +115,60 @@ def test_together_refuses_what_it_cannot_do(model):
     with pytest.raises(ValueError, match="finite"):
         states_together([(stream, [np.nan])])
     assert states_together([]) == [] and channels_together([]) == []
+
+
+def _frames(stream, count: int) -> list:
+    return [stream.recv(5.0) for _ in range(count)]
+
+
+@pytest.mark.timeout(120)
+def test_a_server_full_of_streams_sends_each_its_own_poses(model):
+    """Push streams at several rates, solved together by the server, carry what
+    each stream computed alone gives, to the last bit of the float32 payload."""
+    rates = [24.0, 60.0, 144.0, 59.94, 30.0, 60.0, 24.0, 144.0]
+    sources = ["prior", WALK, "prior", RUN, "prior", WALK, RUN, "prior"]
+    with Server(model) as server, Client(server.control_endpoint, timeout=10) as c:
+        streams = [
+            c.open_stream(src, fps=fps, seed=i % 3)
+            for i, (src, fps) in enumerate(zip(sources, rates))
+        ]
+        pulled = c.open_pull(WALK, seed=1)
+        c.pull(pulled, [0.25, 0.5])  # a pull stream beside them
+        received = [_frames(s, int(fps * 0.75)) for s, fps in zip(streams, rates)]
+    for i, (frames, fps, src) in enumerate(zip(received, rates, sources)):
+        seqs = [f.seq for f in frames]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), i
+        times = np.array([f.t for f in frames])
+        np.testing.assert_array_equal(times, np.array(seqs) / fps)
+        alone = model.open(src, seed=i % 3).channels_at(times, continuous=False)
+        sent = np.array([f.channels for f in frames])
+        assert np.array_equal(sent, alone.astype(np.float32)), i
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_stream_ends_alone(model):
+    """A stream whose poses cannot be computed ends with an error; the streams
+    solved in the same batches go on without a gap."""
+
+    with Server(model) as server, Client(server.control_endpoint, timeout=10) as c:
+        good = [c.open_stream("prior", fps=60, seed=i) for i in range(3)]
+        bad = c.open_stream("prior", fps=60, seed=9)
+        poses = server._streams[bad.id].poses
+
+        def broken(times):
+            times = np.asarray(times, dtype=np.float64).reshape(-1)
+            if (times > 0.3).any():
+                raise FloatingPointError("the motion blew up")
+            return times
+
+        poses._check_times = broken
+        with pytest.raises(StreamEnded) as ended:
+            while True:
+                bad.recv(5.0)
+        assert ended.value.reason == "error"
+        started = time.monotonic()
+        for stream in good:
+            frames = _frames(stream, 60)
+            seqs = [f.seq for f in frames]
+            assert seqs == list(range(seqs[0], seqs[0] + 60)) and stream.gaps == 0
+        assert time.monotonic() - started < 5.0

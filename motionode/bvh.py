@@ -10,6 +10,8 @@ rotation channels per joint; ``tests/test_blender.py`` checks it):
   channels *replace* the matching OFFSET components (the MotionBuilder reading;
   Blender instead zeroes the components a joint has no channel for).
 - ``world_pos(j) = world_pos(parent) + world_rot(parent) @ local_pos(j)``.
+- A joint's name is the rest of its ROOT or JOINT line, inner spaces kept; names
+  must be unique within a file, since tools address joints by name.
 
 Lengths and axes stay as the file has them; nothing here converts units or up axes.
 """
@@ -447,6 +449,7 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
     stack: list[tuple[int, int]] = []
     pending: int | None = None  # block declared, "{" not yet seen
     seen_header = seen_root = False
+    name_lines: dict[str, int] = {}  # line each joint name was first given on
 
     n = 0
     for n, raw in enumerate(lines):
@@ -474,6 +477,15 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
             seen_root = True
             # Names keep inner spaces exactly: take the text after the keyword.
             name = raw.strip()[len(toks[0]) :].strip()
+            if name in name_lines:
+                # Tools that address joints by name could not tell the two apart.
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected unique joint names, got {name[:40]!r} again "
+                    f"(first at line {name_lines[name]})",
+                )
+            name_lines[name] = line
             names.append(name)
             parents.append(stack[-1][0] if stack else -1)
             offsets.append([0.0, 0.0, 0.0])

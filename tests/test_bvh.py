@@ -212,6 +212,12 @@ def test_six_rotation_orders_every_clip(path, tmp_path):
             15,
             "closing the block opened at line 3, got 'MOTION'",
         ),
+        # Tools that address joints by name (Blender, engines) cannot tell them apart.
+        (
+            "duplicate_joint_name.bvh",
+            15,
+            "expected unique joint names, got 'Leg' again (first at line 6)",
+        ),
     ],
 )
 def test_bad_file_names_file_and_line(name, line, message):
@@ -222,6 +228,15 @@ def test_bad_file_names_file_and_line(name, line, message):
     assert (err.path, err.line) == (str(path), line)
     assert str(err).startswith(f"{path}:{line}: ")
     assert message in str(err)
+
+
+def test_a_joint_named_like_the_root_is_a_duplicate():
+    text = (DATA / "two_joints.bvh").read_text(encoding="utf-8")
+    with pytest.raises(BVHError) as info:
+        parse_bvh(text.replace("JOINT Chest", "JOINT Hips"), "twice.bvh")
+    assert str(info.value) == (
+        "twice.bvh:6: expected unique joint names, got 'Hips' again (first at line 2)"
+    )
 
 
 def test_png_bytes_are_not_bvh(tmp_path):

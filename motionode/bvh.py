@@ -12,6 +12,9 @@ rotation channels per joint; ``tests/test_blender.py`` checks it):
 - ``world_pos(j) = world_pos(parent) + world_rot(parent) @ local_pos(j)``.
 - A joint's name is the rest of its ROOT or JOINT line, inner spaces kept; names
   must be unique within a file, since tools address joints by name.
+- A block's "{" stands alone on its line or ends the line that declares the block
+  (``ROOT Hips {``, ``End Site {``, as some exporters write); a "{" that is not
+  a separate word (``Hips{``) is part of the name.
 
 Lengths and axes stay as the file has them; nothing here converts units or up axes.
 """
@@ -447,7 +450,8 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
     end_offsets: list[list[float]] = []
     # Stack of open blocks: joint index, or -2 for an End Site, with its line.
     stack: list[tuple[int, int]] = []
-    pending: int | None = None  # block declared, "{" not yet seen
+    # A block declared whose "{" is not yet seen: index, line, and how it reads.
+    pending: tuple[int, int, str] | None = None
     seen_header = seen_root = False
     name_lines: dict[str, int] = {}  # line each joint name was first given on
 
@@ -465,18 +469,31 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
                 )
             seen_header = True
             continue
+        if pending is not None and key != "{":
+            _, declared, what = pending
+            raise BVHError(
+                path,
+                line,
+                f"expected '{{' opening the block of {what} (line {declared}), "
+                f"got {raw.strip()[:40]!r}",
+            )
         if key in ("ROOT", "JOINT"):
-            if len(toks) < 2:
-                raise BVHError(path, line, f"expected a joint name after {toks[0]}")
             if key == "ROOT" and (seen_root or stack):
                 raise BVHError(path, line, "expected one ROOT, got a second")
             if key == "JOINT" and (not stack or stack[-1][0] < 0):
                 raise BVHError(path, line, "expected JOINT inside a joint block")
-            if pending is not None:
-                raise BVHError(path, line, f"expected '{{', got {toks[0]!r}")
             seen_root = True
-            # Names keep inner spaces exactly: take the text after the keyword.
+            # Names keep inner spaces exactly: take the text after the keyword, less
+            # a "{" ending the line, which opens the block as some exporters write.
             name = raw.strip()[len(toks[0]) :].strip()
+            opens = len(toks) > 1 and toks[-1] == "{"
+            if opens:
+                name = name[:-1].rstrip()
+            if not name:
+                got = "'{'" if opens else "end of line"
+                raise BVHError(
+                    path, line, f"expected a joint name after {toks[0]}, got {got}"
+                )
             if name in name_lines:
                 # Tools that address joints by name could not tell the two apart.
                 raise BVHError(
@@ -490,30 +507,52 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
             parents.append(stack[-1][0] if stack else -1)
             offsets.append([0.0, 0.0, 0.0])
             channels.append(())
-            pending = len(names) - 1
+            if opens:
+                stack.append((len(names) - 1, line))
+            else:
+                pending = (len(names) - 1, line, f"{toks[0]} {name[:40]!r}")
         elif key == "END":
-            if len(toks) < 2 or toks[1].upper() != "SITE":
+            rest = [t.upper() for t in toks[1:]]
+            if rest not in (["SITE"], ["SITE", "{"]):
                 raise BVHError(
-                    path, line, f"expected 'End Site', got {raw.strip()[:40]!r}"
+                    path,
+                    line,
+                    f"expected 'End Site' or 'End Site {{', got {raw.strip()[:40]!r}",
                 )
-            if not stack or stack[-1][0] < 0 or pending is not None:
+            if not stack or stack[-1][0] < 0:
                 raise BVHError(path, line, "expected End Site inside a joint block")
             end_parents.append(stack[-1][0])
             end_offsets.append([0.0, 0.0, 0.0])
-            pending = -2
+            if len(rest) == 2:
+                stack.append((-2, line))
+            else:
+                pending = (-2, line, "End Site")
         elif key == "{":
             if pending is None:
                 raise BVHError(
                     path, line, "expected ROOT, JOINT or End Site before '{'"
                 )
-            stack.append((pending, line))
+            if len(toks) > 1:
+                # Whatever follows would be dropped unread.
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected '{{' alone on its line, got {raw.strip()[:40]!r}",
+                )
+            stack.append((pending[0], line))
             pending = None
         elif key == "}":
             if not stack:
                 raise BVHError(path, line, "unbalanced '}': no open block")
+            if len(toks) > 1:
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected '}}' alone on its line, got {raw.strip()[:40]!r}",
+                )
             stack.pop()
         elif key == "OFFSET":
-            if not stack or pending is not None:
+            if not stack:
                 raise BVHError(path, line, "expected OFFSET inside a block")
             vals = _floats(toks[1:], 3, path, line, "OFFSET")
             if stack[-1][0] == -2:
@@ -525,13 +564,12 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
                 raise BVHError(path, line, "expected CHANNELS inside a joint block")
             channels[stack[-1][0]] = _channels(toks, path, line)
         elif key == "MOTION":
-            if stack or pending is not None:
-                open_line = stack[-1][1] if stack else line
+            if stack:
                 raise BVHError(
                     path,
                     line,
                     f"expected '}}' closing the block opened at "
-                    f"line {open_line}, got 'MOTION'",
+                    f"line {stack[-1][1]}, got 'MOTION'",
                 )
             if not names:
                 raise BVHError(path, line, "expected a ROOT joint before MOTION")

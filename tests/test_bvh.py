@@ -212,6 +212,16 @@ def test_six_rotation_orders_every_clip(path, tmp_path):
             15,
             "closing the block opened at line 3, got 'MOTION'",
         ),
+        (
+            "brace_glued_to_name.bvh",
+            7,
+            (
+                "expected '{' opening the block of JOINT 'Chest{' (line 6), "
+                "got 'OFFSET 0 25 0'"
+            ),
+        ),
+        ("brace_before_offset.bvh", 7, "expected '{' alone on its line, got '{ OFF"),
+        ("two_braces_on_a_line.bvh", 14, "expected '}' alone on its line, got '} }'"),
         # Tools that address joints by name (Blender, engines) cannot tell them apart.
         (
             "duplicate_joint_name.bvh",
@@ -228,6 +238,47 @@ def test_bad_file_names_file_and_line(name, line, message):
     assert (err.path, err.line) == (str(path), line)
     assert str(err).startswith(f"{path}:{line}: ")
     assert message in str(err)
+
+
+def test_opening_braces_may_end_the_joint_line():
+    # Some exporters write "ROOT Hips {"; the brace is then not part of the name.
+    clip = read_bvh(DATA / "braces_on_joint_lines.bvh")
+    plain = read_bvh(DATA / "two_joints.bvh")
+    assert clip.skeleton.names == plain.skeleton.names == ["Hips", "Chest"]
+    assert clip.skeleton.channels == plain.skeleton.channels
+    np.testing.assert_array_equal(clip.skeleton.parents, [-1, 0])
+    np.testing.assert_array_equal(clip.skeleton.offsets, [[0, 0, 0], [0, 25, 0]])
+    np.testing.assert_array_equal(clip.skeleton.end_parents, [1])
+    np.testing.assert_array_equal(clip.skeleton.end_offsets, [[0, 20, 0]])
+    np.testing.assert_array_equal(clip.motion, plain.motion)
+
+
+@pytest.mark.parametrize(
+    "change, line, message",
+    [
+        (("ROOT Hips\n", "ROOT {\n"), 2, "expected a joint name after ROOT, got '{'"),
+        (
+            ("End Site\n", "End Site x\n"),
+            10,
+            "expected 'End Site' or 'End Site {', got 'End Site x'",
+        ),
+        (
+            ("ROOT Hips\n{\n", "ROOT Hips\n"),
+            3,
+            (
+                "expected '{' opening the block of ROOT 'Hips' (line 2), "
+                "got 'OFFSET 0 0 0'"
+            ),
+        ),
+    ],
+)
+def test_block_openings_that_do_not_read(change, line, message):
+    original = (DATA / "two_joints.bvh").read_text(encoding="utf-8")
+    text = original.replace(*change, 1)
+    assert text != original
+    with pytest.raises(BVHError) as info:
+        parse_bvh(text, "open.bvh")
+    assert str(info.value) == f"open.bvh:{line}: {message}"
 
 
 def test_a_joint_named_like_the_root_is_a_duplicate():

@@ -842,7 +842,14 @@ def _channel_label(skeleton: Skeleton, column: int) -> str:
 
 
 def format_bvh(clip: Clip) -> str:
-    """The clip as BVH text (LF line endings, shortest round-tripping floats)."""
+    """The clip as BVH text (LF line endings, shortest round-tripping floats).
+
+    Raises:
+        ValueError: motion of the wrong shape, a non-finite number, or a joint name
+            that would not read back as written: empty, holding a line break or a
+            NUL, starting or ending with whitespace, ending in a separate "{", or
+            repeated (inner spaces are fine).
+    """
     sk = clip.skeleton
     motion = np.asarray(clip.motion, dtype=np.float64)
     if motion.shape[1:] != (sk.num_channels,):
@@ -866,6 +873,17 @@ def format_bvh(clip: Clip) -> str:
                 f"skeleton.{what}: non-finite value in row {row} "
                 f"{np.asarray(table)[row].tolist()}; refusing to write it"
             )
+    first: dict[str, int] = {}
+    for j, name in enumerate(sk.names):
+        problem = _name_problem(name)
+        if problem is None and name in first:
+            problem = f"is also the name of joint {first[name]}"
+        if problem is not None:
+            raise ValueError(
+                f"skeleton.names[{j}]: joint name {name!r} {problem}; "
+                "it would not read back from BVH"
+            )
+        first[name] = j
 
     out = ["HIERARCHY"]
     children: dict[int, list[int]] = {}
@@ -911,6 +929,22 @@ def format_bvh(clip: Clip) -> str:
     return "\n".join(out) + "\n"
 
 
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` would not read back unchanged from a ROOT or JOINT line (the
+    reader takes the rest of the line, stripped), or None if it would."""
+    if not name:
+        return "is empty"
+    if name.splitlines() != [name]:
+        return "contains a line break"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    if name.split()[-1] == "{":
+        return "ends in a separate '{', which would open its block"
+    return None
+
+
 def _fmt_row(values: np.ndarray) -> str:
     # repr gives the shortest text that reads back to the same float64.
     return " ".join(repr(v) for v in np.asarray(values, dtype=np.float64).tolist())
@@ -924,6 +958,10 @@ def write_bvh(
     Args:
         rotation_order: if given, re-express every joint's rotation channels in this
             order (e.g. "XYZ"); joint positions are unchanged.
+
+    Raises:
+        ValueError: the clip cannot be written as readable BVH (see
+            :func:`format_bvh`); nothing is written then.
     """
     if rotation_order is not None:
         clip = reorder_rotations(clip, rotation_order)

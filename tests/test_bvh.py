@@ -443,6 +443,41 @@ def test_writer_refuses_non_finite_values(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("", "is empty"),
+        ("Left\nArm", "contains a line break"),
+        ("Left\r\nArm", "contains a line break"),
+        ("Left\u2028Arm", "contains a line break"),
+        ("Arm\n", "contains a line break"),
+        (" Arm", "starts or ends with whitespace"),
+        ("Arm\t", "starts or ends with whitespace"),
+        ("Arm\x00", "contains a NUL character"),
+        ("Arm {", "ends in a separate '{', which would open its block"),
+        ("Hips", "is also the name of joint 0"),
+    ],
+)
+def test_writer_refuses_names_that_would_not_read_back(name, problem, tmp_path):
+    clip = read_bvh(DATA / "two_joints.bvh")
+    clip.skeleton.names[1] = name
+    with pytest.raises(ValueError) as info:
+        write_bvh(tmp_path / "out.bvh", clip)
+    assert str(info.value) == (
+        f"skeleton.names[1]: joint name {name!r} {problem}; "
+        "it would not read back from BVH"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["Left Arm", "Left \t Arm", "Arm{", "{ Arm", "a}"])
+def test_names_with_inner_spaces_and_braces_read_back(name, tmp_path):
+    clip = read_bvh(DATA / "two_joints.bvh")
+    clip.skeleton.names[1] = name
+    write_bvh(tmp_path / "out.bvh", clip)
+    assert read_bvh(tmp_path / "out.bvh").skeleton.names == ["Hips", name]
+
+
 def test_writer_is_atomic(tmp_path, monkeypatch):
     clip = read_bvh(DATA / "two_joints.bvh")
     out = tmp_path / "clip.bvh"

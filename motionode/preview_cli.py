@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+from motionode.seeds import MAX_SEED, seed_argument
+
 log = logging.getLogger(__name__)
 
 __all__ = ["add_parser", "run"]
@@ -55,7 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=[],
         help="BVH clips usable as model sources 'clip:<file stem>'",
     )
-    p.add_argument("--seed", type=int, default=0, help="model random seed")
+    p.add_argument(
+        "--seed",
+        type=seed_argument,
+        default=0,
+        help=f"model random seed (0 to {MAX_SEED})",
+    )
     p.add_argument(
         "--dt",
         type=float,

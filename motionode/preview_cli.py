@@ -92,8 +92,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         nargs="*",
         default=None,
-        help="times (s) of the poses written as GLB (default: first, "
-        "middle and last sample)",
+        help="times (s) of the poses written as GLB, each within the motion; "
+        "each takes the nearest sample (default: first, middle and last sample)",
     )
     p.add_argument("--no-pictures", action="store_true", help="skip the PNG files")
     p.add_argument(
@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
             pictures = False
 
     traj = _sample(args)
+    if args.glb_times is not None:
+        # Named as the option; write_preview checks the same under its own name.
+        pv.pose_samples(traj, args.glb_times, "--glb-times")
     limits = _limits(args.limits, traj.skeleton)
     floor: str | float = args.floor
     if floor not in ("zero", "feet"):

@@ -10,6 +10,11 @@ rotation channels per joint; ``tests/test_blender.py`` checks it):
   channels *replace* the matching OFFSET components (the MotionBuilder reading;
   Blender instead zeroes the components a joint has no channel for).
 - ``world_pos(j) = world_pos(parent) + world_rot(parent) @ local_pos(j)``.
+- A joint's name is the rest of its ROOT or JOINT line, inner spaces kept; names
+  must be unique within a file, since tools address joints by name.
+- A block's "{" stands alone on its line or ends the line that declares the block
+  (``ROOT Hips {``, ``End Site {``, as some exporters write); a "{" that is not
+  a separate word (``Hips{``) is part of the name.
 
 Lengths and axes stay as the file has them; nothing here converts units or up axes.
 """
@@ -445,8 +450,10 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
     end_offsets: list[list[float]] = []
     # Stack of open blocks: joint index, or -2 for an End Site, with its line.
     stack: list[tuple[int, int]] = []
-    pending: int | None = None  # block declared, "{" not yet seen
+    # A block declared whose "{" is not yet seen: index, line, and how it reads.
+    pending: tuple[int, int, str] | None = None
     seen_header = seen_root = False
+    name_lines: dict[str, int] = {}  # line each joint name was first given on
 
     n = 0
     for n, raw in enumerate(lines):
@@ -462,46 +469,90 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
                 )
             seen_header = True
             continue
+        if pending is not None and key != "{":
+            _, declared, what = pending
+            raise BVHError(
+                path,
+                line,
+                f"expected '{{' opening the block of {what} (line {declared}), "
+                f"got {raw.strip()[:40]!r}",
+            )
         if key in ("ROOT", "JOINT"):
-            if len(toks) < 2:
-                raise BVHError(path, line, f"expected a joint name after {toks[0]}")
             if key == "ROOT" and (seen_root or stack):
                 raise BVHError(path, line, "expected one ROOT, got a second")
             if key == "JOINT" and (not stack or stack[-1][0] < 0):
                 raise BVHError(path, line, "expected JOINT inside a joint block")
-            if pending is not None:
-                raise BVHError(path, line, f"expected '{{', got {toks[0]!r}")
             seen_root = True
-            # Names keep inner spaces exactly: take the text after the keyword.
+            # Names keep inner spaces exactly: take the text after the keyword, less
+            # a "{" ending the line, which opens the block as some exporters write.
             name = raw.strip()[len(toks[0]) :].strip()
+            opens = len(toks) > 1 and toks[-1] == "{"
+            if opens:
+                name = name[:-1].rstrip()
+            if not name:
+                got = "'{'" if opens else "end of line"
+                raise BVHError(
+                    path, line, f"expected a joint name after {toks[0]}, got {got}"
+                )
+            if name in name_lines:
+                # Tools that address joints by name could not tell the two apart.
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected unique joint names, got {name[:40]!r} again "
+                    f"(first at line {name_lines[name]})",
+                )
+            name_lines[name] = line
             names.append(name)
             parents.append(stack[-1][0] if stack else -1)
             offsets.append([0.0, 0.0, 0.0])
             channels.append(())
-            pending = len(names) - 1
+            if opens:
+                stack.append((len(names) - 1, line))
+            else:
+                pending = (len(names) - 1, line, f"{toks[0]} {name[:40]!r}")
         elif key == "END":
-            if len(toks) < 2 or toks[1].upper() != "SITE":
+            rest = [t.upper() for t in toks[1:]]
+            if rest not in (["SITE"], ["SITE", "{"]):
                 raise BVHError(
-                    path, line, f"expected 'End Site', got {raw.strip()[:40]!r}"
+                    path,
+                    line,
+                    f"expected 'End Site' or 'End Site {{', got {raw.strip()[:40]!r}",
                 )
-            if not stack or stack[-1][0] < 0 or pending is not None:
+            if not stack or stack[-1][0] < 0:
                 raise BVHError(path, line, "expected End Site inside a joint block")
             end_parents.append(stack[-1][0])
             end_offsets.append([0.0, 0.0, 0.0])
-            pending = -2
+            if len(rest) == 2:
+                stack.append((-2, line))
+            else:
+                pending = (-2, line, "End Site")
         elif key == "{":
             if pending is None:
                 raise BVHError(
                     path, line, "expected ROOT, JOINT or End Site before '{'"
                 )
-            stack.append((pending, line))
+            if len(toks) > 1:
+                # Whatever follows would be dropped unread.
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected '{{' alone on its line, got {raw.strip()[:40]!r}",
+                )
+            stack.append((pending[0], line))
             pending = None
         elif key == "}":
             if not stack:
                 raise BVHError(path, line, "unbalanced '}': no open block")
+            if len(toks) > 1:
+                raise BVHError(
+                    path,
+                    line,
+                    f"expected '}}' alone on its line, got {raw.strip()[:40]!r}",
+                )
             stack.pop()
         elif key == "OFFSET":
-            if not stack or pending is not None:
+            if not stack:
                 raise BVHError(path, line, "expected OFFSET inside a block")
             vals = _floats(toks[1:], 3, path, line, "OFFSET")
             if stack[-1][0] == -2:
@@ -513,13 +564,12 @@ def _parse_hierarchy(lines: list[str], path: str) -> tuple[Skeleton, int]:
                 raise BVHError(path, line, "expected CHANNELS inside a joint block")
             channels[stack[-1][0]] = _channels(toks, path, line)
         elif key == "MOTION":
-            if stack or pending is not None:
-                open_line = stack[-1][1] if stack else line
+            if stack:
                 raise BVHError(
                     path,
                     line,
                     f"expected '}}' closing the block opened at "
-                    f"line {open_line}, got 'MOTION'",
+                    f"line {stack[-1][1]}, got 'MOTION'",
                 )
             if not names:
                 raise BVHError(path, line, "expected a ROOT joint before MOTION")
@@ -792,7 +842,14 @@ def _channel_label(skeleton: Skeleton, column: int) -> str:
 
 
 def format_bvh(clip: Clip) -> str:
-    """The clip as BVH text (LF line endings, shortest round-tripping floats)."""
+    """The clip as BVH text (LF line endings, shortest round-tripping floats).
+
+    Raises:
+        ValueError: motion of the wrong shape, a non-finite number, or a joint name
+            that would not read back as written: empty, holding a line break or a
+            NUL, starting or ending with whitespace, ending in a separate "{", or
+            repeated (inner spaces are fine).
+    """
     sk = clip.skeleton
     motion = np.asarray(clip.motion, dtype=np.float64)
     if motion.shape[1:] != (sk.num_channels,):
@@ -816,6 +873,17 @@ def format_bvh(clip: Clip) -> str:
                 f"skeleton.{what}: non-finite value in row {row} "
                 f"{np.asarray(table)[row].tolist()}; refusing to write it"
             )
+    first: dict[str, int] = {}
+    for j, name in enumerate(sk.names):
+        problem = _name_problem(name)
+        if problem is None and name in first:
+            problem = f"is also the name of joint {first[name]}"
+        if problem is not None:
+            raise ValueError(
+                f"skeleton.names[{j}]: joint name {name!r} {problem}; "
+                "it would not read back from BVH"
+            )
+        first[name] = j
 
     out = ["HIERARCHY"]
     children: dict[int, list[int]] = {}
@@ -861,6 +929,22 @@ def format_bvh(clip: Clip) -> str:
     return "\n".join(out) + "\n"
 
 
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` would not read back unchanged from a ROOT or JOINT line (the
+    reader takes the rest of the line, stripped), or None if it would."""
+    if not name:
+        return "is empty"
+    if name.splitlines() != [name]:
+        return "contains a line break"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    if name.split()[-1] == "{":
+        return "ends in a separate '{', which would open its block"
+    return None
+
+
 def _fmt_row(values: np.ndarray) -> str:
     # repr gives the shortest text that reads back to the same float64.
     return " ".join(repr(v) for v in np.asarray(values, dtype=np.float64).tolist())
@@ -874,6 +958,10 @@ def write_bvh(
     Args:
         rotation_order: if given, re-express every joint's rotation channels in this
             order (e.g. "XYZ"); joint positions are unchanged.
+
+    Raises:
+        ValueError: the clip cannot be written as readable BVH (see
+            :func:`format_bvh`); nothing is written then.
     """
     if rotation_order is not None:
         clip = reorder_rotations(clip, rotation_order)

@@ -14,6 +14,7 @@ import numpy as np
 import zmq
 
 from motionode.preview_cli import add_parser as add_preview_parser
+from motionode.seeds import MAX_SEED, seed_argument
 
 log = logging.getLogger("motionode")
 
@@ -420,6 +421,7 @@ def _report_demo(rates: list[float], streams: list, got: list[dict]) -> None:
 
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
+SEED_HELP = f"same seed, same motion (0 to {MAX_SEED})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,7 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--seed",
+        type=seed_argument,
+        default=0,
+        help=f"fixes initial weights and every batch (0 to {MAX_SEED})",
+    )
     t.add_argument(
         "--units",
         type=float,
@@ -494,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--out", required=True, help="BVH file to write")
     s.add_argument("--source", default="prior", help="'prior' or 'clip:<name>'")
-    s.add_argument("--seed", type=int, default=0, help="same seed, same motion")
+    s.add_argument("--seed", type=seed_argument, default=0, help=SEED_HELP)
     s.add_argument("--duration", type=float, default=10.0, help="seconds")
     s.add_argument("--fps", type=float, default=30.0, help="any positive rate")
     s.add_argument(
@@ -529,9 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--seed",
-        type=int,
+        type=seed_argument,
         default=0,
-        help="fixes the generated streams and the irregular observation times",
+        help="fixes the generated streams and the irregular observation times "
+        f"(0 to {MAX_SEED})",
     )
     e.add_argument("--json", help="also write the figures to this JSON file")
     e.add_argument(
@@ -606,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="publishing endpoint; none: asked from the server",
     )
     li.add_argument("--source", default="prior", help="'prior' or 'clip:<name>'")
-    li.add_argument("--seed", type=int, default=0, help="same seed, same motion")
+    li.add_argument("--seed", type=seed_argument, default=0, help=SEED_HELP)
     li.add_argument("--fps", type=float, default=60.0, help="any positive rate")
     li.add_argument(
         "--seconds",
@@ -642,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="clip:dataset-1_walk_normal_001",
         help="'prior' or 'clip:<name>'",
     )
-    d.add_argument("--seed", type=int, default=0, help="same seed, same motion")
+    d.add_argument("--seed", type=seed_argument, default=0, help=SEED_HELP)
     d.add_argument(
         "--fps",
         type=float,

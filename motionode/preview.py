@@ -33,6 +33,7 @@ import math
 import numbers
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +66,7 @@ __all__ = [
     "Trajectory",
     "base_joint",
     "control_times",
+    "pose_samples",
     "quat_from_matrix",
     "quat_slerp",
     "quat_to_matrix",
@@ -651,6 +653,31 @@ def write_npz(traj: Trajectory, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------- all of it
 
 
+def pose_samples(
+    traj: Trajectory, times: Sequence[float], name: str = "glb_times"
+) -> list[int]:
+    """Index of the sample nearest each of ``times`` (seconds).
+
+    A time within half a sample period of the motion's first or last sample takes
+    that sample, as times between samples take the nearest one.
+
+    Raises:
+        ValueError: a time further outside the motion, or not a finite number; the
+            message names ``name``, the time and the motion's span.
+    """
+    first, last = float(traj.times[0]), float(traj.times[-1])
+    half = 0.5 / traj.rate
+    out = []
+    for t in times:
+        if not (_is_real(t) and first - half <= t <= last + half):
+            raise ValueError(
+                f"{name}: expected times from {first:g} to {last:g} s (the first "
+                f"and last samples), got {t!r}"
+            )
+        out.append(int(np.argmin(np.abs(traj.times - t))))
+    return out
+
+
 def write_preview(
     traj: Trajectory,
     out_dir: str | os.PathLike,
@@ -663,17 +690,22 @@ def write_preview(
 
     Writes ``trajectory.csv``, ``trajectory.npz``, ``report.json``, one
     ``pose_<t>s.glb`` per time of ``glb_times`` (default: first, middle, last
-    sample; each time snaps to the nearest sample) and, with ``pictures`` and
-    matplotlib, ``contact_sheet.png``, ``angles.png`` and ``velocities.png``.
+    sample; each time snaps to the nearest sample, see :func:`pose_samples`) and,
+    with ``pictures`` and matplotlib, ``contact_sheet.png``, ``angles.png`` and
+    ``velocities.png``.
 
     Returns:
         the report (as written to report.json) and the paths written.
 
     Raises:
-        ValueError: limits that do not fit the rig, a bad ``floor``, or a
-            non-finite value in the motion.
+        ValueError: limits that do not fit the rig, a bad ``floor``, a time of
+            ``glb_times`` outside the motion, or a non-finite value in the motion.
         ImportError: trimesh is missing.
     """
+    if glb_times is None:
+        poses = sorted({0, len(traj.times) // 2, len(traj.times) - 1})
+    else:
+        poses = pose_samples(traj, glb_times)
     limits = limits or Limits()
     limits.check_rig(traj.skeleton)
     out = Path(out_dir)
@@ -712,13 +744,7 @@ def write_preview(
     )
 
     # Bodies in a collision at a pose's time are drawn red.
-    if glb_times is None:
-        glb_times = [
-            float(traj.times[i])
-            for i in sorted({0, len(traj.times) // 2, len(traj.times) - 1})
-        ]
-    for t in glb_times:
-        k = int(np.argmin(np.abs(traj.times - t)))
+    for k in poses:
         seg = bone_segments(bones, traj.world_pos[k], traj.world_rot[k])
         red = {
             n

@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+from motionode.seeds import MAX_SEED, seed_argument
+
 log = logging.getLogger(__name__)
 
 __all__ = ["add_parser", "run"]
@@ -55,7 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=[],
         help="BVH clips usable as model sources 'clip:<file stem>'",
     )
-    p.add_argument("--seed", type=int, default=0, help="model random seed")
+    p.add_argument(
+        "--seed",
+        type=seed_argument,
+        default=0,
+        help=f"model random seed (0 to {MAX_SEED})",
+    )
     p.add_argument(
         "--dt",
         type=float,
@@ -85,8 +92,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         nargs="*",
         default=None,
-        help="times (s) of the poses written as GLB (default: first, "
-        "middle and last sample)",
+        help="times (s) of the poses written as GLB, each within the motion; "
+        "each takes the nearest sample (default: first, middle and last sample)",
     )
     p.add_argument("--no-pictures", action="store_true", help="skip the PNG files")
     p.add_argument(
@@ -128,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
             pictures = False
 
     traj = _sample(args)
+    if args.glb_times is not None:
+        # Named as the option; write_preview checks the same under its own name.
+        pv.pose_samples(traj, args.glb_times, "--glb-times")
     limits = _limits(args.limits, traj.skeleton)
     floor: str | float = args.floor
     if floor not in ("zero", "feet"):

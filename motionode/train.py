@@ -27,6 +27,7 @@ from motionode import features as feat
 from motionode.bvh import Clip, read_bvh
 from motionode.checkpoint import load_checkpoint, save_checkpoint
 from motionode.model import LatentODEVAE, ModelConfig, kl_normal
+from motionode.seeds import check_seed
 from motionode.torchpose import FeatureFK
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -324,8 +326,9 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """Feature, joint-position and KL terms for one batch, and their total."""
         cfg = self.config
+        # Reduced to the 64 bits torch takes; the same as unreduced below them.
         gen = torch.Generator(device=self.device).manual_seed(
-            cfg.seed * 1_000_003 + step + 7919 * self.dist.rank
+            (cfg.seed * 1_000_003 + step + 7919 * self.dist.rank) % 2**64
         )
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.amp_enabled

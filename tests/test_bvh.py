@@ -212,6 +212,22 @@ def test_six_rotation_orders_every_clip(path, tmp_path):
             15,
             "closing the block opened at line 3, got 'MOTION'",
         ),
+        (
+            "brace_glued_to_name.bvh",
+            7,
+            (
+                "expected '{' opening the block of JOINT 'Chest{' (line 6), "
+                "got 'OFFSET 0 25 0'"
+            ),
+        ),
+        ("brace_before_offset.bvh", 7, "expected '{' alone on its line, got '{ OFF"),
+        ("two_braces_on_a_line.bvh", 14, "expected '}' alone on its line, got '} }'"),
+        # Tools that address joints by name (Blender, engines) cannot tell them apart.
+        (
+            "duplicate_joint_name.bvh",
+            15,
+            "expected unique joint names, got 'Leg' again (first at line 6)",
+        ),
     ],
 )
 def test_bad_file_names_file_and_line(name, line, message):
@@ -222,6 +238,56 @@ def test_bad_file_names_file_and_line(name, line, message):
     assert (err.path, err.line) == (str(path), line)
     assert str(err).startswith(f"{path}:{line}: ")
     assert message in str(err)
+
+
+def test_opening_braces_may_end_the_joint_line():
+    # Some exporters write "ROOT Hips {"; the brace is then not part of the name.
+    clip = read_bvh(DATA / "braces_on_joint_lines.bvh")
+    plain = read_bvh(DATA / "two_joints.bvh")
+    assert clip.skeleton.names == plain.skeleton.names == ["Hips", "Chest"]
+    assert clip.skeleton.channels == plain.skeleton.channels
+    np.testing.assert_array_equal(clip.skeleton.parents, [-1, 0])
+    np.testing.assert_array_equal(clip.skeleton.offsets, [[0, 0, 0], [0, 25, 0]])
+    np.testing.assert_array_equal(clip.skeleton.end_parents, [1])
+    np.testing.assert_array_equal(clip.skeleton.end_offsets, [[0, 20, 0]])
+    np.testing.assert_array_equal(clip.motion, plain.motion)
+
+
+@pytest.mark.parametrize(
+    "change, line, message",
+    [
+        (("ROOT Hips\n", "ROOT {\n"), 2, "expected a joint name after ROOT, got '{'"),
+        (
+            ("End Site\n", "End Site x\n"),
+            10,
+            "expected 'End Site' or 'End Site {', got 'End Site x'",
+        ),
+        (
+            ("ROOT Hips\n{\n", "ROOT Hips\n"),
+            3,
+            (
+                "expected '{' opening the block of ROOT 'Hips' (line 2), "
+                "got 'OFFSET 0 0 0'"
+            ),
+        ),
+    ],
+)
+def test_block_openings_that_do_not_read(change, line, message):
+    original = (DATA / "two_joints.bvh").read_text(encoding="utf-8")
+    text = original.replace(*change, 1)
+    assert text != original
+    with pytest.raises(BVHError) as info:
+        parse_bvh(text, "open.bvh")
+    assert str(info.value) == f"open.bvh:{line}: {message}"
+
+
+def test_a_joint_named_like_the_root_is_a_duplicate():
+    text = (DATA / "two_joints.bvh").read_text(encoding="utf-8")
+    with pytest.raises(BVHError) as info:
+        parse_bvh(text.replace("JOINT Chest", "JOINT Hips"), "twice.bvh")
+    assert str(info.value) == (
+        "twice.bvh:6: expected unique joint names, got 'Hips' again (first at line 2)"
+    )
 
 
 def test_png_bytes_are_not_bvh(tmp_path):
@@ -375,6 +441,41 @@ def test_writer_refuses_non_finite_values(tmp_path):
     with pytest.raises(ValueError, match=r"frame_time"):
         write_bvh(tmp_path / "out.bvh", clip)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("", "is empty"),
+        ("Left\nArm", "contains a line break"),
+        ("Left\r\nArm", "contains a line break"),
+        ("Left\u2028Arm", "contains a line break"),
+        ("Arm\n", "contains a line break"),
+        (" Arm", "starts or ends with whitespace"),
+        ("Arm\t", "starts or ends with whitespace"),
+        ("Arm\x00", "contains a NUL character"),
+        ("Arm {", "ends in a separate '{', which would open its block"),
+        ("Hips", "is also the name of joint 0"),
+    ],
+)
+def test_writer_refuses_names_that_would_not_read_back(name, problem, tmp_path):
+    clip = read_bvh(DATA / "two_joints.bvh")
+    clip.skeleton.names[1] = name
+    with pytest.raises(ValueError) as info:
+        write_bvh(tmp_path / "out.bvh", clip)
+    assert str(info.value) == (
+        f"skeleton.names[1]: joint name {name!r} {problem}; "
+        "it would not read back from BVH"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["Left Arm", "Left \t Arm", "Arm{", "{ Arm", "a}"])
+def test_names_with_inner_spaces_and_braces_read_back(name, tmp_path):
+    clip = read_bvh(DATA / "two_joints.bvh")
+    clip.skeleton.names[1] = name
+    write_bvh(tmp_path / "out.bvh", clip)
+    assert read_bvh(tmp_path / "out.bvh").skeleton.names == ["Hips", name]
 
 
 def test_writer_is_atomic(tmp_path, monkeypatch):

@@ -115,6 +115,49 @@ def test_bad_seed_files_give_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "o.bvh").exists()
 
 
+SEEDED = {
+    "train": ["train", "clips", "--out", "m.safetensors"],
+    "sample": ["sample", "--out", "o.bvh"],
+    "eval": ["eval"],
+    "listen": ["listen"],
+    "demo": ["demo"],
+    "preview": ["preview", "prior", "--out", "p"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(SEEDED))
+@pytest.mark.parametrize("bad", ["-1", str(2**63), "1.5", "seven"])
+def test_seeds_outside_the_range_are_usage_errors(
+    command, bad, tmp_path, capsys, monkeypatch
+):
+    # Seeds are what the bridge protocol carries: integers from 0 to 2^63 - 1.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(SEEDED[command] + ["--seed", bad])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: motionode " + command)
+    assert err.endswith(
+        f"motionode {command}: error: argument --seed: expected a whole number "
+        f"from 0 to 9223372036854775807, got {bad!r}\n"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_seeds_span_what_the_bridge_protocol_carries():
+    from bridge.protocol import MAX_SEED as PROTOCOL_MAX
+    from motionode.seeds import MAX_SEED
+
+    assert MAX_SEED == PROTOCOL_MAX == 2**63 - 1
+
+
+def test_the_largest_seed_samples(tmp_path):
+    out = tmp_path / "s.bvh"
+    argv = ["sample", "--out", str(out), "--duration", "0.2", "--seed"]
+    assert main(argv + [str(2**63 - 1)]) == 0
+    assert read_bvh(out).num_frames == 7
+
+
 def test_demo_streams_three_rates_that_agree(capsys):
     assert main(["demo", "--seconds", "1.5"]) == 0
     out = capsys.readouterr().out

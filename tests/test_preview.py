@@ -74,6 +74,7 @@ def test_public_names_are_pinned():
         "Trajectory",
         "base_joint",
         "control_times",
+        "pose_samples",
         "quat_from_matrix",
         "quat_slerp",
         "quat_to_matrix",
@@ -604,6 +605,55 @@ def test_cli_previews_a_clip(tmp_path, capsys):
         run_cli(["preview", str(WALK), "--out", str(out), "--floor", "low"])
     with pytest.raises(ValueError, match="source: 'nope.bvh' is neither"):
         run_cli(["preview", "nope.bvh", "--out", str(out)])
+
+
+RUN = CLIPS / "dataset-1_run_normal_001.bvh"
+SHORT = ["--rate", "50", "--duration", "0.4", "--no-pictures"]  # samples 0 .. 0.4 s
+
+
+@pytest.mark.parametrize("bad", ["-0.5", "0.45", "40", "nan", "inf"])
+def test_cli_glb_times_outside_the_motion_are_usage_errors(tmp_path, bad):
+    # A time past the motion is a mistake (milliseconds, the wrong clip), not a
+    # wish for the last pose; nothing is written.
+    out = tmp_path / "out"
+    argv = ["preview", str(RUN), "--out", str(out), *SHORT, "--glb-times", "0.2", bad]
+    with pytest.raises(ValueError) as info:
+        run_cli(argv)
+    assert str(info.value) == (
+        "--glb-times: expected times from 0 to 0.4 s (the first and last "
+        f"samples), got {float(bad)!r}"
+    )
+    assert not out.exists()
+
+
+def test_command_exits_2_for_a_glb_time_past_the_end(tmp_path, capsys):
+    from motionode.cli import main
+
+    argv = ["preview", str(RUN), "--out", str(tmp_path / "out"), *SHORT]
+    assert main(argv + ["--glb-times", "2.5"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --glb-times: expected times from 0 to 0.4 s (the first and last "
+        "samples), got 2.5\n"
+    )
+
+
+def test_glb_times_snap_to_the_nearest_sample_within_the_motion(tmp_path):
+    # Within half a sample period (0.01 s at 50 Hz) of a sample, a time takes it.
+    argv = ["preview", str(RUN), "--out", str(tmp_path), *SHORT, "--glb-times"]
+    assert run_cli(argv + ["0", "0.196", "0.405", "-0.004"]) == 0
+    glbs = sorted(p.name for p in tmp_path.glob("*.glb"))
+    assert glbs == ["pose_0.0000s.glb", "pose_0.2000s.glb", "pose_0.4000s.glb"]
+
+
+def test_write_preview_refuses_glb_times_outside_the_motion(tmp_path):
+    traj = preview.sample_clip(read_bvh(RUN), 50.0, 0.4)
+    with pytest.raises(ValueError) as info:
+        preview.write_preview(traj, tmp_path / "out", glb_times=[0.1, -1.0])
+    assert str(info.value) == (
+        "glb_times: expected times from 0 to 0.4 s (the first and last samples), "
+        "got -1.0"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_previews_a_model_sample(tmp_path, capsys):

@@ -61,6 +61,24 @@ def test_same_seed_same_run(clips, tmp_path):
     )
 
 
+def test_the_largest_seed_trains(clips, tmp_path):
+    # Seeds run to 2^63 - 1, as in the bridge protocol; the per-step generator
+    # seed derived from one must still be one torch takes.
+    trainer = tiny_trainer(clips, steps=1, seed=2**63 - 1)
+    terms = trainer.train(tmp_path / "big.safetensors")
+    assert np.isfinite(terms["total"])
+    assert trainer.step == 1
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.0, True])
+def test_seeds_outside_the_range_are_refused(seed):
+    with pytest.raises(ValueError) as info:
+        TrainConfig(seed=seed)
+    assert str(info.value) == (
+        f"seed: expected a whole number from 0 to 9223372036854775807, got {seed!r}"
+    )
+
+
 def test_resume_matches_uninterrupted_run(clips, tmp_path):
     full = tiny_trainer(clips, steps=6)
     full.train(tmp_path / "full.safetensors")

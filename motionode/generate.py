@@ -740,7 +740,8 @@ class PoseStream:
         if snap["format"] != SNAPSHOT_FORMAT:
             raise SnapshotError(
                 f"{field}.format",
-                f"expected {SNAPSHOT_FORMAT!r}, got {read_str(field, snap['format'])!r}",
+                f"expected {SNAPSHOT_FORMAT!r}, "
+                f"got {read_str(f'{field}.format', snap['format'])!r}",
             )
         mine = model.fingerprint()
         if read_str(f"{field}.model", snap["model"], 64) != mine:

@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 PULL_WALK_S = 5.0  # stream seconds per step when a reopened pull stream catches up
+# With recovery on, a push stream's snapshot is renewed after this many seconds of
+# stream time (and after every switch or speed change made through this client).
+SNAPSHOT_EVERY_S = 2.0
 ACK_RESEND = 0.25  # seconds a recording waits for a frame before acknowledging again
 
 # Handshake failures a client can see: a server that refused our CURVE key (AUTH),
@@ -231,11 +234,20 @@ class Client:
         routing_id: this client's identity on the server; give the one of an
             earlier client (``Client.routing_id``) to take its streams up again
             within their lease (see :meth:`streams` and :meth:`resume`).
-        recover: seconds to wait for a server that stopped or restarted: a push
-            stream or pull stream is then opened again with the same source, seed
-            and settings, from the stream time it had reached (the same motion,
-            exactly, for times up to 60 s without switches or speed changes); 0
-            (the default) lets :class:`StreamEnded` through instead.
+        recover: seconds to wait for a server that stopped or restarted; 0 (the
+            default) lets :class:`StreamEnded` through instead. With recovery on,
+            each push stream and recording keeps a recent snapshot of its state
+            (the ``snapshot`` op, renewed every ``SNAPSHOT_EVERY_S`` seconds of
+            stream time and after each :meth:`switch` and :meth:`set_speed`
+            made here), and a restarted server opens it again from that snapshot:
+            the frames from the next one not received on are exactly those the
+            stream would have sent, switches and speed changes included, at any
+            age. Without a snapshot (none obtained yet, or a server that refuses
+            it, e.g. one with another model) the stream is opened again with the
+            same source, seed and settings from the stream time it had reached,
+            which is the same motion only up to 60 s without switches or speed
+            changes (a warning says so). A pull stream is always opened again
+            that way.
         context: ZeroMQ context; by default the client makes its own.
     """
 
@@ -645,7 +657,9 @@ class Client:
             motion time.
         """
         stream_id = stream.id if isinstance(stream, ClientStream) else stream
-        return self.request("switch", stream=stream_id, source=source, seed=seed)[0]
+        reply = self.request("switch", stream=stream_id, source=source, seed=seed)[0]
+        self._controlled(stream_id)
+        return reply
 
     def set_speed(self, stream: int | ClientStream, speed: float) -> dict:
         """Play a stream at ``speed`` (0 pauses, 1 is real time, at most 4).
@@ -655,7 +669,15 @@ class Client:
             ``motion_time`` there.
         """
         stream_id = stream.id if isinstance(stream, ClientStream) else stream
-        return self.request("speed", stream=stream_id, speed=speed)[0]
+        reply = self.request("speed", stream=stream_id, speed=speed)[0]
+        self._controlled(stream_id)
+        return reply
+
+    def _controlled(self, stream_id: int) -> None:
+        """A control changed a stream's future: renew its snapshot now."""
+        for stream in self._streams:
+            if stream.id == stream_id and self.recover:
+                stream._renew_snapshot(stale=True)
 
     def close_stream(self, stream: int | ClientStream) -> None:
         """Ask the server to close a stream (an id, or a :class:`ClientStream`)."""
@@ -696,6 +718,11 @@ class ClientStream:
         self.fields = fields
         self.restarts = 0  # times the stream was opened again after a restart
         self._seq_offset = 0  # seq as counted here minus the server's
+        self._server_start: float = fields["start"]  # start on the server
+        # The latest snapshot reply (``seq``, ``snapshot``, ...), with recovery on,
+        # and the stream time at which it was asked for.
+        self.snapshot: dict | None = None
+        self._snapshot_t = -float("inf")
         self.id: int = fields["stream"]
         self.fps: float = fields["fps"]
         self.start: float = fields["start"]
@@ -804,6 +831,8 @@ class ClientStream:
                     if self.layout is None
                     else self.layout.decode(message.channels, message.velocities)
                 )
+                if self._client.recover and t - self._snapshot_t >= SNAPSHOT_EVERY_S:
+                    self._renew_snapshot()
                 return Frame(
                     seq, t, message.sent, message.channels, message.velocities, joints
                 )
@@ -821,55 +850,101 @@ class ClientStream:
         self._reopen()
         return True
 
-    def _reopen(self) -> None:
-        """Open this stream again on a restarted server from the next frame this
-        client has not had, and subscribe to it: frames keep this stream's seq and
-        time stamps, and none is skipped (the stream's time falls behind the wall
-        clock by the outage, as a paused stream's would)."""
-        client, fields = self._client, self.fields
-        deadline = time.monotonic() + client.recover
-        resume_seq = self._next_seq or 0
+    def _renew_snapshot(self, stale: bool = False) -> None:
+        """Ask for a snapshot from the next frame not received here on; keep the
+        one before if that fails, unless it is ``stale`` (a control it lacks was
+        made since)."""
+        self._snapshot_t = self.start + (self._next_seq or 0) / self.fps
+        try:
+            self.snapshot = self._client.request(
+                "snapshot", stream=self.id, seq=(self._next_seq or 0) - self._seq_offset
+            )[0]
+        except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
+            logger.warning("stream %d: no snapshot: %s", self.id, exc)
+            if stale:
+                self.snapshot = None
+
+    def _open_again(
+        self, params: dict, resume_seq: int, deadline: float
+    ) -> tuple[dict, bool, float]:
+        """Open the stream on the restarted server: from the snapshot if there is
+        one the server takes, else from its source; return the reply, whether it
+        came from the snapshot, and the new stream's start."""
+        client = self._client
         t = self.start + resume_seq / self.fps
         while True:
-            exact = t <= proto.MAX_START
-            params = {
-                k: fields[k]
-                for k in (
-                    "source",
-                    "seed",
-                    "fps",
-                    "mode",
-                    "convention",
-                    "rotations",
-                    "window",
-                )
-                if fields.get(k) is not None
-            }
-            if fields.get("velocities"):
-                params["velocities"] = True
             try:
-                reply = client.request("open", **params, start=t if exact else 0.0)[0]
-                break
+                if self.snapshot is not None:
+                    try:
+                        reply = client.request(
+                            "open",
+                            **params,
+                            snapshot=self.snapshot["snapshot"],
+                            first_seq=resume_seq - self._seq_offset,
+                        )[0]
+                        return reply, True, self._server_start
+                    except ProtocolError as exc:
+                        logger.warning(
+                            "stream %d: the server refused its snapshot: %s",
+                            self.id,
+                            exc,
+                        )
+                        self.snapshot = None
+                exact = t <= proto.MAX_START
+                start = t if exact else 0.0
+                reply = client.request(
+                    "open",
+                    **params,
+                    source=self.fields["source"],
+                    seed=self.fields["seed"],
+                    start=start,
+                )[0]
+                if not exact:
+                    logger.warning(
+                        "stream %d: reopened from its source's start; the same "
+                        "motion continues exactly only up to %g s",
+                        self.id,
+                        proto.MAX_START,
+                    )
+                return reply, False, start
             except (TimeoutError, zmq.ZMQError) as exc:
                 if time.monotonic() > deadline:
                     self.ended = "server_stopped"
                     raise StreamEnded(self.id, f"server_stopped ({exc})") from None
-        if not exact:
-            logger.warning(
-                "stream %d: reopened from its source's start; the same motion "
-                "continues exactly only up to %g s",
-                self.id,
-                proto.MAX_START,
-            )
+
+    def _reopen(self) -> None:
+        """Open this stream again on a restarted server from the next frame this
+        client has not had, and subscribe to it: frames keep this stream's seq and
+        time stamps, and none is skipped (the stream's time falls behind the wall
+        clock by the outage, as a paused stream's would). From a snapshot, the
+        server numbers the frames as before."""
+        client, fields = self._client, self.fields
+        deadline = time.monotonic() + client.recover
+        resume_seq = self._next_seq or 0
+        params = {
+            k: fields[k]
+            for k in ("fps", "mode", "convention", "rotations", "window")
+            if fields.get(k) is not None
+        }
+        if fields.get("velocities"):
+            params["velocities"] = True
+        reply, exact, start = self._open_again(params, resume_seq, deadline)
         self._socket.setsockopt(zmq.UNSUBSCRIBE, self.fields["topic"].encode())
         self.fields = {**fields, "stream": reply["stream"], "topic": reply["topic"]}
         self._socket.setsockopt(zmq.SUBSCRIBE, reply["topic"].encode())
         self.id = reply["stream"]
-        self._seq_offset = resume_seq
+        if not exact:
+            self._seq_offset = resume_seq
+            self._server_start = start
         self._next_seq = resume_seq
         self._acked = resume_seq
         self.restarts += 1
-        logger.warning("stream reopened as %d from t = %.3f s", self.id, t)
+        logger.warning(
+            "stream reopened as %d from t = %.3f s%s",
+            self.id,
+            self.start + resume_seq / self.fps,
+            " from its snapshot" if exact else "",
+        )
 
     def _acknowledge(self) -> None:
         """Tell the server how many frames of a recording have arrived."""

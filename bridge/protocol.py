@@ -27,6 +27,7 @@ __all__ = [
     "KIND_FRAME",
     "KIND_SKELETON",
     "MAGIC",
+    "MAX_SNAPSHOT_BYTES",
     "OPS",
     "VERSION",
     "ProtocolError",
@@ -77,6 +78,12 @@ MAX_SPEED = 4.0  # motion seconds per stream second
 # queue of 1000 messages at either end, so none is ever dropped.
 MAX_WINDOW = 512
 DEFAULT_WINDOW = 256
+# A stream snapshot (the ``snapshot`` op's reply, ``open``'s ``snapshot`` field)
+# is at most this many bytes of JSON, so an ``open`` carrying one stays within
+# MAX_REQUEST_BYTES with room for its other fields.
+MAX_SNAPSHOT_BYTES = 61440
+STREAM_SNAPSHOT_FORMAT = "motionode-stream/1"
+MAX_SEQ = 2**53  # frame numbers a client may name
 
 OPS = (
     "hello",
@@ -90,6 +97,7 @@ OPS = (
     "switch",
     "speed",
     "ack",
+    "snapshot",
 )
 ERROR_CODES = {
     "bad_json": "the request is not a UTF-8 JSON object",
@@ -101,6 +109,7 @@ ERROR_CODES = {
     "unknown_stream": "no open stream has that id",
     "wrong_mode": "the operation does not apply to the stream's mode",
     "too_many_streams": "the server's or this client's stream limit is reached",
+    "bad_snapshot": "the snapshot is damaged, or fits another model or seed clip",
     "internal": "the server failed while answering; the request may be retried",
 }
 
@@ -312,6 +321,59 @@ def _times(value: Any) -> list[float]:
     return times
 
 
+def _seq(name: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 <= value <= MAX_SEQ
+        ):
+            raise _bad(name, f"a frame number, an integer from 0 to {MAX_SEQ}", value)
+        return value
+
+    return check
+
+
+def _hex_float(field: str, value: Any, low: float, high: float) -> float:
+    expected = f"a hexadecimal float string from {low:g} to {high:g}"
+    if not isinstance(value, str) or len(value) > 32:
+        raise _bad(field, expected, value)
+    try:
+        number = float.fromhex(value)
+    except (ValueError, OverflowError):
+        raise _bad(field, expected, value) from None
+    if not (math.isfinite(number) and low <= number <= high):
+        raise _bad(field, expected, value)
+    return number
+
+
+_STREAM_SNAPSHOT_FIELDS = ("format", "fps", "start", "seq", "timeline", "poses")
+
+
+def _stream_snapshot(value: Any) -> dict:
+    """A stream snapshot as the ``snapshot`` op gives it; its ``timeline`` and
+    ``poses`` are checked in depth when a stream is opened from it."""
+    if not isinstance(value, dict):
+        raise _bad("snapshot", "an object from a 'snapshot' reply", value)
+    missing = [k for k in _STREAM_SNAPSHOT_FIELDS if k not in value]
+    unknown = sorted(set(value) - set(_STREAM_SNAPSHOT_FIELDS))
+    if missing or unknown:
+        raise ProtocolError(
+            "bad_request",
+            f"snapshot: missing field(s) {missing}, unknown field(s) {unknown}",
+        )
+    if value["format"] != STREAM_SNAPSHOT_FORMAT:
+        raise _bad("snapshot.format", repr(STREAM_SNAPSHOT_FORMAT), value["format"])
+    _hex_float("snapshot.fps", value["fps"], MIN_FPS, MAX_FPS)
+    _hex_float("snapshot.start", value["start"], 0.0, MAX_START)
+    _seq("snapshot.seq")(value["seq"])
+    if not isinstance(value["timeline"], list):
+        raise _bad("snapshot.timeline", "a list of speed pieces", value["timeline"])
+    if not isinstance(value["poses"], dict):
+        raise _bad("snapshot.poses", "an object", value["poses"])
+    return value
+
+
 # Per op: field -> validator; every field not listed is rejected.
 _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "hello": {},
@@ -328,6 +390,8 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "rotations": _rotations,
         "velocities": _flag("velocities"),
         "window": _window,
+        "snapshot": _stream_snapshot,
+        "first_seq": _seq("first_seq"),
     },
     "pull": {"stream": _stream_id, "times": _times, "continuous": _flag("continuous")},
     "close": {"stream": _stream_id},
@@ -335,6 +399,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "switch": {"stream": _stream_id, "source": _source, "seed": _seed},
     "speed": {"stream": _stream_id, "speed": _speed},
     "ack": {"stream": _stream_id, "received": _received},
+    "snapshot": {"stream": _stream_id, "seq": _seq("seq")},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "skeleton": {"convention": "raw", "rotations": "euler"},
@@ -356,6 +421,7 @@ _REQUIRED = {
     "switch": ("stream", "source"),
     "speed": ("stream", "speed"),
     "ack": ("stream", "received"),
+    "snapshot": ("stream",),
 }
 _ENVELOPE = ("v", "id", "op", "retry")
 
@@ -446,6 +512,29 @@ def decode_request(data: bytes) -> Request:
     except ProtocolError as exc:
         exc.request_id = rid
         raise
+    if op == "open" and "snapshot" in obj:
+        if params["mode"] == "pull":
+            raise ProtocolError(
+                "bad_request",
+                "snapshot: only a 'push' or 'record' stream opens from one",
+                rid,
+            )
+        given = sorted({"source", "seed"} & set(obj))
+        if given:
+            raise ProtocolError(
+                "bad_request",
+                f"{given[0]}: not allowed with a snapshot, which holds the source "
+                "and seed",
+                rid,
+            )
+        if "start" not in obj:
+            params["start"] = None  # the snapshot's
+    elif op == "open" and "first_seq" in obj:
+        raise ProtocolError(
+            "bad_request",
+            "first_seq: only a stream opened from a snapshot has one",
+            rid,
+        )
     if op == "open" and "window" in obj and params["mode"] != "record":
         raise ProtocolError(
             "bad_request",

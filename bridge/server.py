@@ -32,6 +32,9 @@ from bridge.protocol import ProtocolError
 from bridge.security import ServerKeys
 from bridge.streams import Solver
 from bridge.streams import Stream as _Stream
+from bridge.timeline import Timeline
+from motionode.generate import PoseStream
+from motionode.snapshots import SnapshotError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -50,6 +53,9 @@ XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
 HEARTBEAT_MS = 1000  # ZeroMQ heartbeat on both sockets: a vanished peer is noticed
 HEARTBEAT_TIMEOUT_MS = 5000  # and its connection dropped after this long
 BAD_INPUT_LOGS = 20  # malformed messages logged in full per minute; the rest counted
+# Seconds of stream time of speed history a push stream keeps before its latest
+# change, so that a snapshot may start at a frame its client has not received yet.
+TIMELINE_KEEP_S = 10.0
 
 
 class _LogBudget:
@@ -427,6 +433,7 @@ class Server:
                 "up_axis": "Y",
                 "licence": meta.get("licence"),
                 "step": meta.get("step"),
+                "fingerprint": self._fingerprint(),
             },
             "sources": self.model.sources(),
             "limits": {
@@ -439,8 +446,14 @@ class Server:
                 "max_speed": proto.MAX_SPEED,
                 "max_window": proto.MAX_WINDOW,
                 "max_blend": proto.MAX_BLEND,
+                "max_snapshot_bytes": proto.MAX_SNAPSHOT_BYTES,
             },
         }
+
+    def _fingerprint(self) -> str | None:
+        """The model's fingerprint, or None for a model without snapshots."""
+        fingerprint = getattr(self.model, "fingerprint", None)
+        return fingerprint() if callable(fingerprint) else None
 
     def _op_skeleton(self, owner: bytes, convention: str, rotations: str) -> dict:
         return {"skeleton": self._channel_map(convention, rotations).skeleton}
@@ -495,8 +508,21 @@ class Server:
         convention: str = "raw",
         rotations: str = "euler",
         window: int = proto.DEFAULT_WINDOW,
+        snapshot: dict | None = None,
+        first_seq: int | None = None,
     ) -> dict:
-        source = self._model_source(source, seed)
+        restored = None
+        if snapshot is not None:
+            restored = self._restore(snapshot, fps, start, first_seq)
+            poses, timeline, start, first_seq = restored
+            source = (
+                poses.source
+                if len(poses.components) == 1 and not poses.source.startswith("blend(")
+                else list(poses.components)
+            )
+            seed = poses.seed
+        else:
+            source = self._model_source(source, seed)
         with self._lock:
             live = sum(s.end is None for s in self._streams.values())
             mine = sum(
@@ -514,8 +540,14 @@ class Server:
                 f"{live} streams are open, the most this server allows "
                 f"({self.max_streams})",
             )
-        poses = self.model.open(source=source, seed=seed)
-        if mode != "pull" and start > 0:
+        if restored is not None:
+            # Solve from the snapshot's segment to the first frame here, as below.
+            poses.channels_at(
+                timeline.motion(start + first_seq / fps), continuous=False
+            )
+        else:
+            poses = self.model.open(source=source, seed=seed)
+        if restored is None and mode != "pull" and start > 0:
             # Solve up to the first frame here, not on the stream thread, where it
             # would hold back every other push stream (up to seconds for 60 s).
             poses.channels_at(np.array([start]), continuous=False)
@@ -538,6 +570,8 @@ class Server:
         }
         if mode == "record":
             fields["window"] = window
+        if restored is not None:
+            fields["first_seq"] = first_seq
         info = json.dumps(
             {**fields, "skeleton": convert.skeleton}, separators=(",", ":")
         ).encode()
@@ -556,6 +590,10 @@ class Server:
         stream.fields = fields
         if mode == "record":
             stream.window = stream.allowed = window
+        if restored is not None:
+            stream.timeline = timeline
+            stream.first_seq = stream.next_seq = stream.computed_to = first_seq
+            stream.allowed += first_seq
         with self._lock:
             self._streams[stream_id] = stream
         logger.info(
@@ -568,6 +606,71 @@ class Server:
             f" at {fps:g} fps" if mode != "pull" else "",
         )
         return fields
+
+    def _restore(
+        self, snapshot: dict, fps: float, start: float | None, first_seq: int | None
+    ) -> tuple[PoseStream, Timeline, float, int]:
+        """The pose generator, timeline, start and first frame of a stream opened
+        from a snapshot (checked by ``protocol``'s ``_stream_snapshot``)."""
+        if self._fingerprint() is None:
+            raise ProtocolError(
+                "bad_request", "snapshot: this server's model does not take snapshots"
+            )
+        fps_then = float.fromhex(snapshot["fps"])
+        start_then = float.fromhex(snapshot["start"])
+        if fps != fps_then:
+            raise ProtocolError(
+                "bad_snapshot",
+                f"fps: {fps!r} differs from the snapshot's {fps_then!r}; frame "
+                "times would differ",
+            )
+        if start is not None and start != start_then:
+            raise ProtocolError(
+                "bad_snapshot",
+                f"start: {start!r} differs from the snapshot's {start_then!r}; "
+                "frame times would differ",
+            )
+        seq = snapshot["seq"]
+        first = seq if first_seq is None else first_seq
+        if first < seq:
+            raise ProtocolError(
+                "bad_request",
+                f"first_seq: {first} is before the snapshot's frame {seq}",
+            )
+        try:
+            timeline = Timeline.restore(snapshot["timeline"], "snapshot.timeline")
+            poses = PoseStream.restore(self.model, snapshot["poses"], "snapshot.poses")
+        except SnapshotError as exc:
+            raise ProtocolError("bad_snapshot", str(exc)) from None
+        then = start_then + seq / fps
+        if then < timeline.first:
+            raise ProtocolError(
+                "bad_snapshot",
+                f"snapshot.timeline: starts at {timeline.first!r} s, after frame "
+                f"{seq} ({then!r} s)",
+            )
+        origin = poses.origin / poses.rate
+        motion = float(timeline.motion(then)[0])
+        if math.floor(motion * poses.rate + 1e-9) < poses.origin:
+            raise ProtocolError(
+                "bad_snapshot",
+                f"snapshot.seq: frame {seq} plays motion time {motion!r} s, before "
+                f"the snapshot's segment ({origin!r} s)",
+            )
+        reach = float(timeline.motion(start_then + first / fps)[0]) - origin
+        if reach > proto.MAX_PULL_AHEAD:
+            raise ProtocolError(
+                "bad_request",
+                f"first_seq: frame {first} is {reach:g} s of motion past the "
+                f"snapshot, over {proto.MAX_PULL_AHEAD:g} s; take a later snapshot",
+            )
+        if timeline.speed / fps > proto.MAX_FRAME_MOTION:
+            raise ProtocolError(
+                "bad_snapshot",
+                f"snapshot.timeline: speed {timeline.speed:g} at {fps:g} fps is "
+                f"over {proto.MAX_FRAME_MOTION:g} s of motion between frames",
+            )
+        return poses, timeline, start_then, first
 
     def _channel_map(self, convention: str, rotations: str = "euler") -> ChannelMap:
         key = (convention, rotations)
@@ -659,6 +762,55 @@ class Server:
             "motion_time": motion,
         }
 
+    def _op_snapshot(self, owner: bytes, stream: int, seq: int | None = None) -> dict:
+        """What a restarted server needs to continue a push stream or recording
+        exactly from frame ``seq`` (default: the next one to send) on."""
+        target = self._live(stream)
+        if target.mode == "pull":
+            raise ProtocolError(
+                "wrong_mode",
+                f"stream: {stream} is a pull stream; only push streams and "
+                "recordings have snapshots",
+            )
+        if not hasattr(target.poses, "snapshot"):
+            raise ProtocolError(
+                "bad_request", "snapshot: this server's model does not take snapshots"
+            )
+        with target.lock:
+            sent = target.next_seq
+            seq = sent if seq is None else seq
+            if not target.first_seq <= seq <= sent:
+                raise ProtocolError(
+                    "bad_request",
+                    f"seq: expected a frame from {target.first_seq} (the stream's "
+                    f"first) to {sent} (the next to be sent), got {seq}",
+                )
+            t = float(target.time_of(seq))
+            if t < target.timeline.first:
+                raise ProtocolError(
+                    "bad_request",
+                    f"seq: frame {seq} is older than the speed history kept (from "
+                    f"{target.timeline.first:g} s); ask for a later frame",
+                )
+            motion = float(target.timeline.motion(t)[0])
+            body = {
+                "format": proto.STREAM_SNAPSHOT_FORMAT,
+                "fps": float(target.fps).hex(),
+                "start": float(target.start).hex(),
+                "seq": seq,
+                "timeline": target.timeline.snapshot(t),
+                "poses": target.poses.snapshot(motion),
+            }
+        size = len(json.dumps(body, separators=(",", ":")))
+        if size > proto.MAX_SNAPSHOT_BYTES:
+            raise ProtocolError(
+                "bad_request",
+                f"snapshot: {size} bytes, over {proto.MAX_SNAPSHOT_BYTES}: too many "
+                f"switches or speed changes after frame {seq}; ask for a later frame",
+            )
+        logger.debug("stream %d: snapshot at frame %d, %d bytes", stream, seq, size)
+        return {"stream": stream, "seq": seq, "t": t, "bytes": size, "snapshot": body}
+
     def _op_ack(self, owner: bytes, stream: int, received: int) -> dict:
         target = self._live(stream)
         if target.mode != "record":
@@ -691,7 +843,8 @@ class Server:
             at = target.control_time()
             motion = target.timeline.set_speed(at, speed)
             if target.mode != "pull":
-                target.timeline.forget_before(at)  # push frames never look back
+                # Push frames never look back; snapshots look back a little.
+                target.timeline.forget_before(at - TIMELINE_KEEP_S)
         self._solver.poke()
         logger.info("stream %d: speed %g from stream time %.4f s", stream, speed, at)
         return {"stream": stream, "speed": speed, "at": at, "motion_time": motion}

@@ -62,6 +62,7 @@ class Stream:
     clock0: float | None = None  # server clock at which frame 0 fell due
     frontier: float = 0.0  # latest time a pull has asked for, seconds
     next_seq: int = 0
+    first_seq: int = 0  # the first frame: 0, or that of the snapshot it opened from
     late: bool = False
     end: str | None = None
     velocities: bool = False  # frames and pulls carry channel derivatives too

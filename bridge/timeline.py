@@ -14,10 +14,13 @@ import logging
 import numpy as np
 
 from bridge.protocol import MAX_SPEED
+from motionode.snapshots import SnapshotError, read_float, read_list, write_float
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Timeline"]
+__all__ = ["MAX_PIECES", "Timeline"]
+
+MAX_PIECES = 256  # speed pieces one snapshot may carry
 
 
 class Timeline:
@@ -93,3 +96,47 @@ class Timeline:
         """Drop pieces that end before stream time ``at`` (never asked again)."""
         keep = max(0, int(self._pieces(np.array([at]))[0]))
         del self._t[:keep], self._m[:keep], self._s[:keep]
+
+    @property
+    def first(self) -> float:
+        """Stream time of the earliest piece kept: motion times are known from
+        there on."""
+        return self._t[0]
+
+    def snapshot(self, at: float) -> list[list[str]]:
+        """The pieces from the one holding stream time ``at`` (>= :attr:`first`)
+        on, as ``[t, motion, speed]`` hex float strings each (see
+        :mod:`motionode.snapshots`)."""
+        keep = int(self._pieces(np.array([at]))[0])
+        return [
+            [write_float(t), write_float(m), write_float(s)]
+            for t, m, s in zip(self._t[keep:], self._m[keep:], self._s[keep:])
+        ]
+
+    @classmethod
+    def restore(cls, pieces: object, field: str = "timeline") -> Timeline:
+        """A timeline of the pieces :meth:`snapshot` wrote: motion times of stream
+        times from the first piece's on are the original's, bit for bit.
+
+        Raises:
+            SnapshotError: naming the field of a malformed piece, times not
+                increasing, motion times going back, or a speed out of range.
+        """
+        items = read_list(field, pieces, MAX_PIECES)
+        if not items:
+            raise SnapshotError(field, "expected at least one piece")
+        out = cls()
+        out._t, out._m, out._s = [], [], []
+        for i, piece in enumerate(items):
+            where = f"{field}[{i}]"
+            if not (isinstance(piece, list) and len(piece) == 3):
+                raise SnapshotError(where, "expected [time, motion time, speed]")
+            t = read_float(f"{where}[0]", piece[0], 0.0)
+            m = read_float(f"{where}[1]", piece[1], 0.0)
+            s = read_float(f"{where}[2]", piece[2], 0.0, MAX_SPEED)
+            if out._t and not (t > out._t[-1] and m >= out._m[-1]):
+                raise SnapshotError(where, "expected times after the previous piece's")
+            out._t.append(t)
+            out._m.append(m)
+            out._s.append(s)
+        return out

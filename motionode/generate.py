@@ -29,12 +29,14 @@ starting latents.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,19 @@ from motionode.bvh import ROTATION_CHANNELS, Clip, Skeleton, read_bvh
 from motionode.checkpoint import load_checkpoint, save_checkpoint
 from motionode.model import LatentODEVAE, ModelConfig, rk4_step
 from motionode.rowwise import block_count, pad_index, pad_rows, run_rows
+from motionode.snapshots import (
+    SnapshotError,
+    digest,
+    read_array,
+    read_bool,
+    read_float,
+    read_int,
+    read_list,
+    read_object,
+    read_str,
+    write_array,
+    write_float,
+)
 from motionode.torchpose import FeatureChannels
 from motionode.train import stride_clip
 
@@ -70,6 +85,39 @@ def assets_dir() -> Path:
 
 def default_model_path() -> Path:
     return assets_dir() / "default_model.safetensors"
+
+
+SNAPSHOT_FORMAT = "motionode-posestream/1"
+MAX_SNAPSHOT_SWITCHES = 64  # switches one snapshot may carry
+MAX_SEED = 2**63 - 1
+MAX_STEP = 2**53  # solver steps and segment ordinals
+_SNAPSHOT_FIELDS = (
+    "format",
+    "model",
+    "device",
+    "latent",
+    "features",
+    "solver_rate",
+    "segment",
+    "temperature",
+    "seed",
+    "blend",
+    "components",
+    "latest",
+    "current",
+    "switches",
+    "clips",
+)
+_CURRENT_FIELDS = (
+    "start",
+    "seed",
+    "ordinal",
+    "blend",
+    "old_tau",
+    "state",
+    "offset",
+    "old_offset",
+)
 
 
 @dataclass
@@ -110,6 +158,38 @@ def _describe(components: Sequence[Component]) -> str:
     return f"blend({','.join(parts)})"
 
 
+def _write_components(components: Sequence[Component]) -> list[list]:
+    """Components as JSON: [source, seed, weight as a hex float] each."""
+    return [[name, int(seed), write_float(w)] for name, seed, w in components]
+
+
+def _read_components(model: MotionModel, field: str, value: Any) -> list[Component]:
+    """Components written by :func:`_write_components`, checked against the model
+    (known sources, weights in (0, 1] summing to 1) but kept exactly as written."""
+    items = read_list(field, value, MAX_COMPONENTS)
+    if not items:
+        raise SnapshotError(field, "expected at least one component")
+    known = model.sources()
+    out = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 3):
+            raise SnapshotError(f"{field}[{i}]", "expected [source, seed, weight]")
+        name = read_str(f"{field}[{i}][0]", item[0])
+        if name not in known:
+            raise SnapshotError(
+                f"{field}[{i}][0]", f"this model has no source {name!r}"
+            )
+        seed = read_int(f"{field}[{i}][1]", item[1], 0, MAX_SEED)
+        weight = read_float(f"{field}[{i}][2]", item[2], 0.0, 1.0)
+        if weight <= 0:
+            raise SnapshotError(f"{field}[{i}][2]", "expected a weight > 0")
+        out.append((name, seed, weight))
+    total = math.fsum(w for _, _, w in out)
+    if abs(total - 1.0) > 1e-6:
+        raise SnapshotError(field, f"weights sum to {total:g}, expected 1")
+    return out
+
+
 class MotionModel:
     """A trained model ready to generate: network in float64, rig, seed clips."""
 
@@ -142,6 +222,7 @@ class MotionModel:
         L = net.config.latent_dim
         self.prior_mean = torch.zeros(1, L, dtype=torch.float64, device=self.device)
         self.prior_std = torch.ones(1, L, dtype=torch.float64, device=self.device)
+        self._fingerprint: str | None = None
 
     @classmethod
     def load(
@@ -282,7 +363,41 @@ class MotionModel:
         keep = torch.linspace(0, len(mean) - 1, min(len(mean), max_windows))
         keep = keep.round().long().unique()
         self.prior_mean, self.prior_std = mean[keep], std[keep]
+        self._fingerprint = None
         return len(keep)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hexadecimal) of everything a stream's motion depends on besides
+        its seed clips: the network's weights as the model computes with them
+        (float64), the prior, the feature spec, the training rate and window.
+        Computed once; :meth:`fit_prior` forgets it. A snapshot carries it, so one
+        taken with another model is refused."""
+        if self._fingerprint is None:
+            config = {
+                "model_config": asdict(self.net.config),
+                "feature_spec": self.spec.to_dict(),
+                "train_fps": self.train_fps,
+                "obs_frames": self.obs_frames,
+            }
+            parts = [json.dumps(config, sort_keys=True, default=str).encode()]
+            tensors = dict(self.net.state_dict())
+            tensors["prior.mean"], tensors["prior.std"] = (
+                self.prior_mean,
+                self.prior_std,
+            )
+            for name in sorted(tensors):
+                value = tensors[name].detach().to("cpu", torch.float64).contiguous()
+                parts += [name.encode(), str(tuple(value.shape)).encode()]
+                parts.append(value.numpy().astype("<f8").tobytes())
+            self._fingerprint = digest(*parts)
+        return self._fingerprint
+
+    def clip_fingerprint(self, name: str) -> str:
+        """SHA-256 (hexadecimal) of the seed clip ``clip:<name>``'s motion and
+        frame time: what a stream switching to it draws from."""
+        clip = self.seeds[name]
+        motion = np.ascontiguousarray(clip.motion, dtype="<f8")
+        return digest(motion.tobytes(), float(clip.frame_time).hex().encode())
 
     def windows(
         self, clip: Clip, stride: int | None = None
@@ -385,6 +500,20 @@ class PoseStream:
         segment: float,
         temperature: float,
     ) -> None:
+        self._configure(model, model.components(source, int(seed)), seed, segment)
+        self.source = source if isinstance(source, str) else _describe(self.components)
+        self.temperature = float(temperature)
+        self._segments: list[_Segment] = [self._first_segment()]
+        self._starts: list[int] = [0]  # solver step at which each segment starts
+
+    def _configure(
+        self,
+        model: MotionModel,
+        components: list[Component],
+        seed: int,
+        segment: float,
+    ) -> None:
+        """Settings shared by a new stream and a restored one."""
         rate = model.net.config.solver_rate
         steps = segment * rate
         if not (segment > 0 and abs(steps - round(steps)) < 1e-9 and round(steps) >= 1):
@@ -394,10 +523,8 @@ class PoseStream:
             )
         self.model = model
         self.seed = int(seed)
-        self.components = model.components(source, self.seed)
-        self.source = source if isinstance(source, str) else _describe(self.components)
+        self.components = components
         self.segment = float(segment)
-        self.temperature = float(temperature)
         self.rate = float(rate)
         self.steps_per_segment = round(steps)
         self.latent = model.net.config.latent_dim
@@ -408,9 +535,10 @@ class PoseStream:
         # TODO: kept for the stream's life and scanned on every pose lookup, so a
         # stream switched thousands of times computes each pose a little slower.
         self._switches: dict[int, tuple[tuple[Component, ...], int]] = {}
-        self._segments: list[_Segment] = [self._first_segment()]
-        self._starts: list[int] = [0]  # solver step at which each segment starts
         self._grid: dict[int, torch.Tensor] = {}  # segment -> (S + 1, 2L + 3) states
+        # First solver step this stream can answer: 0, or a restored snapshot's
+        # segment start (the segments before it are not known).
+        self.origin = 0
 
     @property
     def skeleton(self) -> Skeleton:
@@ -512,6 +640,229 @@ class PoseStream:
         logger.debug("stream %s: switch to %s at step %d", self.source, source, step)
         return step / self.rate
 
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot(self, at: float | None = None) -> dict:
+        """What this stream's future depends on, as a JSON-safe dict: restored
+        with :meth:`restore`, it answers every time from the start of the segment
+        holding ``at`` on exactly as this stream does (see :mod:`motionode.snapshots`
+        for how float64 values are written).
+
+        It holds that segment's start (its state (2L + 3,), pose offsets (D,)
+        each, blend, start step, seed and ordinal), the switches at or after it
+        (and the latest one, which places later switches), the source, settings,
+        the latest time asked, the model's fingerprint and those of the seed
+        clips the switches draw from. Nothing is solved: the segment is the
+        latest one made that starts at or before ``at``.
+
+        Args:
+            at: a time in seconds (default: the latest asked, or 0), at or after
+                :attr:`origin`'s time.
+
+        Raises:
+            ValueError: a bad time.
+        """
+        if at is None:
+            at = max(self.latest, self.origin / self.rate, 0.0)
+        if not (math.isfinite(at) and at >= 0):
+            raise ValueError(f"at: expected a time >= 0 in seconds, got {at!r}")
+        step = math.floor(at * self.rate + 1e-9)
+        if step < self.origin:
+            raise ValueError(
+                f"at: {at:g} s is before {self.origin / self.rate:g} s, where this "
+                "stream's restored snapshot starts"
+            )
+        seg = self._segments[bisect.bisect_right(self._starts, step) - 1]
+        keep = sorted(k for k in self._switches if k >= seg.start)
+        if self._switches and max(self._switches) not in keep:
+            keep.insert(0, max(self._switches))
+        switches = [
+            {
+                "step": k,
+                "seed": self._switches[k][1],
+                "components": _write_components(self._switches[k][0]),
+            }
+            for k in keep
+        ]
+        clips = sorted(
+            {
+                name[5:]
+                for k in keep
+                for name, _, _ in self._switches[k][0]
+                if name.startswith("clip:")
+            }
+        )
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "model": self.model.fingerprint(),
+            "device": self.model.device.type,
+            "latent": self.latent,
+            "features": self.model.spec.dim,
+            "solver_rate": write_float(self.rate),
+            "segment": write_float(self.segment),
+            "temperature": write_float(self.temperature),
+            "seed": self.seed,
+            "blend": not isinstance(self.source, str)
+            or self.source.startswith("blend("),
+            "components": _write_components(self.components),
+            "latest": write_float(self.latest) if self.latest >= 0 else None,
+            "current": {
+                "start": seg.start,
+                "seed": seg.seed,
+                "ordinal": seg.ordinal,
+                "blend": seg.blend,
+                "old_tau": write_float(seg.old_tau),
+                "state": write_array(seg.state.cpu().numpy()),
+                "offset": write_array(seg.offset.cpu().numpy()),
+                "old_offset": write_array(seg.old_offset.cpu().numpy()),
+            },
+            "switches": switches,
+            "clips": {name: self.model.clip_fingerprint(name) for name in clips},
+        }
+
+    @classmethod
+    def restore(
+        cls, model: MotionModel, snapshot: Any, field: str = "snapshot"
+    ) -> PoseStream:
+        """A stream rebuilt from :meth:`snapshot`'s dict: for every time from its
+        segment's start on (its :attr:`origin`) it gives the original's answers bit
+        for bit, and switches the original had planned still happen. Earlier
+        times are refused.
+
+        Args:
+            field: the name errors give the snapshot (e.g. its place in a request).
+
+        Raises:
+            SnapshotError: (a ValueError) naming the field: a damaged snapshot, or
+                one taken with another model, rig, device or seed clip.
+        """
+        snap = read_object(field, snapshot, _SNAPSHOT_FIELDS)
+        if snap["format"] != SNAPSHOT_FORMAT:
+            raise SnapshotError(
+                f"{field}.format",
+                f"expected {SNAPSHOT_FORMAT!r}, "
+                f"got {read_str(f'{field}.format', snap['format'])!r}",
+            )
+        mine = model.fingerprint()
+        if read_str(f"{field}.model", snap["model"], 64) != mine:
+            raise SnapshotError(
+                f"{field}.model",
+                f"taken with another model (fingerprint {snap['model'][:12]}...), "
+                f"not this one ({mine[:12]}...)",
+            )
+        if read_str(f"{field}.device", snap["device"], 32) != model.device.type:
+            raise SnapshotError(
+                f"{field}.device",
+                f"taken on {snap['device']!r}, restored on {model.device.type!r}; "
+                "the motion would differ by rounding",
+            )
+        L, D = model.net.config.latent_dim, model.spec.dim
+        for name, size in (("latent", L), ("features", D)):
+            if read_int(f"{field}.{name}", snap[name], 0, 2**31) != size:
+                raise SnapshotError(
+                    f"{field}.{name}",
+                    f"expected {size} for this model, got {snap[name]}",
+                )
+        rate = model.net.config.solver_rate
+        if read_float(f"{field}.solver_rate", snap["solver_rate"]) != rate:
+            raise SnapshotError(
+                f"{field}.solver_rate", f"expected {rate:g} for this model"
+            )
+        segment = read_float(f"{field}.segment", snap["segment"], 0.0, 3600.0)
+        temperature = read_float(f"{field}.temperature", snap["temperature"], 0.0, 1e3)
+        seed = read_int(f"{field}.seed", snap["seed"], 0, MAX_SEED)
+        blend = read_bool(f"{field}.blend", snap["blend"])
+        components = _read_components(model, f"{field}.components", snap["components"])
+        if not blend and len(components) != 1:
+            raise SnapshotError(
+                f"{field}.blend", "false, but the source has several components"
+            )
+        latest = snap["latest"]
+        latest = (
+            -math.inf if latest is None else read_float(f"{field}.latest", latest, 0.0)
+        )
+
+        cur = read_object(f"{field}.current", snap["current"], _CURRENT_FIELDS)
+        where = f"{field}.current"
+        start = read_int(f"{where}.start", cur["start"], 0, MAX_STEP)
+        seg_seed = read_int(f"{where}.seed", cur["seed"], 0, MAX_SEED)
+        ordinal = read_int(f"{where}.ordinal", cur["ordinal"], 0, MAX_STEP)
+        seg_blend = read_bool(f"{where}.blend", cur["blend"])
+        old_tau = read_float(f"{where}.old_tau", cur["old_tau"], 0.0, 3600.0)
+        arrays = {
+            name: torch.tensor(
+                read_array(f"{where}.{name}", cur[name], size), device=model.device
+            )
+            for name, size in (("state", 2 * L + 3), ("offset", D), ("old_offset", D))
+        }
+
+        where = f"{field}.switches"
+        switches: dict[int, tuple[tuple[Component, ...], int]] = {}
+        for i, item in enumerate(
+            read_list(where, snap["switches"], MAX_SNAPSHOT_SWITCHES)
+        ):
+            item = read_object(f"{where}[{i}]", item, ("step", "seed", "components"))
+            step = read_int(f"{where}[{i}].step", item["step"], 1, MAX_STEP)
+            if step in switches:
+                raise SnapshotError(f"{where}[{i}].step", f"{step} is given twice")
+            switches[step] = (
+                tuple(
+                    _read_components(
+                        model, f"{where}[{i}].components", item["components"]
+                    )
+                ),
+                read_int(f"{where}[{i}].seed", item["seed"], 0, MAX_SEED),
+            )
+
+        clips = snap["clips"]
+        if not isinstance(clips, dict) or len(clips) > MAX_COMPONENTS * len(switches):
+            raise SnapshotError(
+                f"{field}.clips", "expected an object of seed clip fingerprints"
+            )
+        needed = {
+            name[5:]
+            for parts, _ in switches.values()
+            for name, _, _ in parts
+            if name.startswith("clip:")
+        }
+        if set(clips) != needed:
+            raise SnapshotError(
+                f"{field}.clips",
+                f"expected fingerprints of {sorted(needed)}, "
+                f"got {sorted(map(str, clips))}",
+            )
+        for name in sorted(needed):
+            given = read_str(f"{field}.clips.{name}", clips[name], 64)
+            if given != model.clip_fingerprint(name):
+                raise SnapshotError(
+                    f"{field}.clips.{name}",
+                    "the seed clip differs from this server's clip of that name",
+                )
+
+        stream = cls.__new__(cls)
+        try:
+            stream._configure(model, components, seed, segment)
+        except ValueError as exc:
+            raise SnapshotError(f"{field}.segment", str(exc)) from None
+        stream.temperature = temperature
+        stream.source = components[0][0] if not blend else _describe(components)
+        stream.latest = latest
+        stream._switches = switches
+        seg = _Segment(
+            arrays["state"],
+            arrays["offset"],
+            arrays["old_offset"],
+            old_tau,
+            seg_blend,
+            start,
+            seg_seed,
+            ordinal,
+        )
+        stream._segments = [seg]
+        stream._starts = [start]
+        stream.origin = start
+        return stream
+
     def _pose(self, seg: _Segment, tau, y: torch.Tensor) -> torch.Tensor:
         """Normalised pose (D,) at segment-local time ``tau`` of one state (S,)."""
         rows = _Rows.of(self.model, [(self, seg)])
@@ -547,6 +898,15 @@ class PoseStream:
         times = np.asarray(times, dtype=np.float64).reshape(-1)
         if len(times) and not (np.isfinite(times).all() and times.min() >= 0):
             raise ValueError("times: every time must be finite and >= 0")
+        if (
+            self.origin
+            and len(times)
+            and math.floor(times.min() * self.rate + 1e-9) < self.origin
+        ):
+            raise ValueError(
+                f"times: {times.min():g} s is before {self.origin / self.rate:g} s, "
+                "where this stream's restored snapshot starts"
+            )
         return times
 
     def states(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -594,6 +594,15 @@ class PoseStream:
         later = [k for k in self._switches if k > start]
         return min([start + self.steps_per_segment, *later])
 
+    def _planned_start(self, step: int) -> int:
+        """Solver step at which the segment holding ``step`` starts, made or not."""
+        if step < self._starts[-1]:
+            return self._starts[bisect.bisect_right(self._starts, step) - 1]
+        start = self._starts[-1]
+        while (nxt := self._boundary_after(start)) <= step:
+            start = nxt
+        return start
+
     def _locate(self, step: int) -> int:
         """Index of the segment holding solver step ``step``, made if need be."""
         _extend([(self, step)])
@@ -1269,7 +1278,7 @@ def _rounds(requests: Sequence[tuple[PoseStream, np.ndarray]]):
     Yields rounds ``(positions, pairs, tau, y)``: per request, the indices into its
     times answered in this round; then, for those times in request order, their
     (stream, segment) pairs, segment-local times (n,) float64 and states
-    (n, 2L + 3). A round takes each stream's next times within one segment.
+    (n, 2L + 3). A round takes each stream's next times within two segments.
 
     Raises:
         ValueError: a bad time, a stream given twice, or streams of two models.
@@ -1283,44 +1292,51 @@ def _rounds(requests: Sequence[tuple[PoseStream, np.ndarray]]):
     orders = [np.argsort(t, kind="stable") for t in times]
     cursors = [0] * len(requests)
     while True:
-        # Each stream's next times that fall in one segment.
         active = [r for r in range(len(streams)) if cursors[r] < len(orders[r])]
         if not active:
             return
-        firsts = {
-            r: math.floor(times[r][orders[r][cursors[r]]] * streams[r].rate + 1e-9)
-            for r in active
-        }
-        _extend([(streams[r], k) for r, k in firsts.items()])
-        picks = []
+        # Each stream's next times within two segments, the first time's and the
+        # one after; the segments they need are then made for all streams at once.
+        chosen = {}
         for r in active:
             stream, order, t, c = streams[r], orders[r], times[r], cursors[r]
-            index = stream._locate(firsts[r])
-            seg = stream._segments[index]
-            end = stream._boundary_after(seg.start)
+            first = stream._planned_start(math.floor(t[order[c]] * stream.rate + 1e-9))
+            end = stream._boundary_after(stream._boundary_after(first))
             positions, steps = [], []
             while c < len(order) and len(positions) < MAX_ROUND:
                 k = math.floor(t[order[c]] * stream.rate + 1e-9)  # grid point <= t
                 if k >= end:
                     break
                 positions.append(int(order[c]))
-                steps.append(k - seg.start)
+                steps.append(k)
                 c += 1
             cursors[r] = c
-            picks.append((r, stream, index, seg, positions, steps))
+            chosen[r] = positions, steps
+        _extend([(streams[r], steps[-1]) for r, (_, steps) in chosen.items()])
+        needs: dict[tuple[int, int], int] = {}  # (request, segment) -> last step
+        for r, (_, steps) in chosen.items():
+            starts = streams[r]._starts
+            for k in steps:
+                index = bisect.bisect_right(starts, k) - 1
+                needs[r, index] = max(needs.get((r, index), 0), k - starts[index])
+        grids = dict(
+            zip(needs, _advance([(streams[r], i, k) for (r, i), k in needs.items()]))
+        )
 
         # Grid states at or just before each time, then one shortened RK4 step to
         # the times between grid points.
-        grids = _advance([(s, index, st[-1]) for _, s, index, _, _, st in picks])
         pairs, start, end, states = [], [], [], []
-        for (r, stream, _, seg, positions, steps), grid in zip(picks, grids):
-            for i, step in zip(positions, steps):
-                tau_k = step / stream.rate
+        for r, (positions, steps) in chosen.items():
+            stream = streams[r]
+            for i, k in zip(positions, steps):
+                index = bisect.bisect_right(stream._starts, k) - 1
+                seg = stream._segments[index]
+                tau_k = (k - seg.start) / stream.rate
                 tau = times[r][i] - seg.start / stream.rate
                 pairs.append((stream, seg))
                 start.append(tau_k)
                 end.append(tau if tau - tau_k > 1e-12 else tau_k)
-                states.append(grid[step])
+                states.append(grids[r, index][k - seg.start])
         model = streams[0].model
         y = torch.stack(states)  # (n, 2L + 3)
         tau_k = torch.tensor(start, dtype=torch.float64, device=model.device)
@@ -1334,10 +1350,9 @@ def _rounds(requests: Sequence[tuple[PoseStream, np.ndarray]]):
                 0, off, rk4_step(f, tau_k[index], tau[index], y[index])[: len(off)]
             )
 
-        for r, stream, _, _, positions, _ in picks:
-            stream.latest = max(stream.latest, float(times[r][positions[-1]]))
         answered = [[] for _ in requests]
-        for r, _, _, _, positions, _ in picks:
+        for r, (positions, _) in chosen.items():
+            streams[r].latest = max(streams[r].latest, float(times[r][positions[-1]]))
             answered[r] = positions
         yield answered, pairs, tau, y
 

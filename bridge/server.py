@@ -1,15 +1,20 @@
 """The bridge server: a motion model behind two ZeroMQ sockets (see PROTOCOL.md).
 
-Two threads, each owning one socket:
+Four threads:
 
-- the control thread answers requests on a ROUTER socket, one at a time, in order
-  of arrival; it also computes pull replies;
+- the control thread owns the ROUTER socket and answers requests in order of
+  arrival, all but pulls at once;
+- a worker computes pull replies, one at a time, so a long pull holds back only
+  its own reply; the control thread sends it when it is done;
+- the solver computes push frames and recordings ahead of their time, all streams
+  together (see :mod:`bridge.streams`);
 - the stream thread owns the XPUB socket: it reads subscriptions, and publishes
-  every push stream's frames when they fall due on the server clock.
+  every computed frame when it falls due on the server clock.
 
-They share only the table of open streams, under a lock. A stream's pose generator
-and timeline are used under that stream's own lock: the stream thread computes push
-frames with them, the control thread pulls, switches sources and changes speeds.
+They share the table of open streams, under a lock. A stream's pose generator and
+timeline are used under that stream's own lock (the solver and the worker compute
+with them, the control thread switches sources and changes speeds), and its queue
+of computed frames under its send lock.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -125,6 +132,13 @@ def check_endpoint(
     return f"tcp://{host}:*" if port == "0" else endpoint
 
 
+class _Later:
+    """A reply computed off the control thread: ``compute() -> (fields, extra)``."""
+
+    def __init__(self, compute: Callable[[], tuple[dict, list[bytes]]]) -> None:
+        self.compute = compute
+
+
 class Server:
     """Serves one model to any number of local clients.
 
@@ -202,7 +216,13 @@ class Server:
         self._bad_input = _LogBudget(BAD_INPUT_LOGS)
         self._solver = Solver(self._open_streams, self._wake_stream, self._stopping)
         self._waker: zmq.Socket | None = None  # solver -> stream thread, "frames"
+        self._done_waker: zmq.Socket | None = None  # worker -> control, "replies"
         self._waker_lock = threading.Lock()
+        # Requests answered by the worker thread: queued jobs, finished replies,
+        # and the request id in flight per client (a retry of it waits for it).
+        self._jobs: queue.Queue = queue.Queue()
+        self._done: deque = deque()
+        self._in_flight: dict[bytes, Any] = {}
         # per (convention, rotations), made on first use
         self._maps: dict[tuple[str, str], ChannelMap] = {}
         self._replies: OrderedDict[bytes, tuple[Any, list[bytes]]] = OrderedDict()
@@ -239,6 +259,14 @@ class Server:
             xpub.close()
             self._stop_authenticator()
             raise
+        # The worker wakes the control thread when a deferred reply is ready.
+        done = self._context.socket(zmq.PULL)
+        done.linger = 0
+        done.bind(f"inproc://motionode-done-{self._instance}")
+        self._done_waker = self._context.socket(zmq.PUSH)
+        self._done_waker.linger = 0
+        self._done_waker.sndhwm = 1
+        self._done_waker.connect(f"inproc://motionode-done-{self._instance}")
         # The solver wakes the stream thread when it has queued frames.
         wake = self._context.socket(zmq.PULL)
         wake.linger = 0
@@ -262,10 +290,11 @@ class Server:
         self._threads = [
             threading.Thread(
                 target=self._control_loop,
-                args=(router,),
+                args=(router, done),
                 name="bridge-control",
                 daemon=True,
             ),
+            threading.Thread(target=self._work_loop, name="bridge-work", daemon=True),
             threading.Thread(
                 target=self._stream_loop,
                 args=(xpub, wake),
@@ -292,9 +321,12 @@ class Server:
                 logger.error("%s did not stop within %.1f s", thread.name, timeout)
                 stuck = True
         self._threads = []
-        if self._waker is not None and not stuck:
-            self._waker.close()
-            self._waker = None
+        if not stuck:
+            with self._waker_lock:
+                for waker in (self._waker, self._done_waker):
+                    if waker is not None:
+                        waker.close()
+                self._waker = self._done_waker = None
         self._stop_authenticator()
         if self._own_context and self._context is not None and not stuck:
             self._context.term()
@@ -325,16 +357,25 @@ class Server:
 
     # ------------------------------------------------------------ control thread
 
-    def _control_loop(self, router: zmq.Socket) -> None:
+    def _control_loop(self, router: zmq.Socket, done: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(done, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 try:
-                    if router.poll(int(IDLE_POLL * 1000)):
+                    events = dict(poller.poll(int(IDLE_POLL * 1000)))
+                    if done in events:
+                        while done.poll(0):
+                            done.recv()
+                        self._send_done(router)
+                    if router in events:
                         self._answer(router, router.recv_multipart())
                 except Exception:
                     logger.exception("control: unexpected failure; carrying on")
         finally:
             router.close()
+            done.close()
 
     def _answer(self, router: zmq.Socket, parts: list[bytes]) -> None:
         """Answer one request; ``parts`` is [routing id, (empty delimiter,) body]."""
@@ -353,6 +394,13 @@ class Server:
                 )
             request = proto.decode_request(body[0])
             cached = self._replies.get(owner)
+            if request.retry and self._in_flight.get(owner) == request.id:
+                logger.debug(
+                    "control: %r repeated by %s while it is being computed",
+                    request.id,
+                    proto.short_repr(owner),
+                )
+                return  # its reply follows when the worker is done
             if request.retry and cached is not None and cached[0] == request.id:
                 logger.debug(
                     "control: %r repeated by %s; sending the stored reply",
@@ -362,6 +410,10 @@ class Server:
                 reply = cached[1]
             else:
                 reply = self._dispatch(owner, request)
+                if isinstance(reply, _Later):
+                    self._in_flight[owner] = request.id
+                    self._jobs.put((envelope, owner, request, reply))
+                    return
         except ProtocolError as exc:
             if request is None and self._bad_input.allow():
                 logger.error(
@@ -388,12 +440,60 @@ class Server:
                 )
             ]
 
+        self._reply(router, envelope, owner, request, reply)
+
+    def _reply(
+        self,
+        router: zmq.Socket,
+        envelope: list[bytes],
+        owner: bytes,
+        request: proto.Request | None,
+        reply: list[bytes],
+    ) -> None:
+        """Send a reply, and keep it for a retry of its request."""
         if request is not None:
             self._replies[owner] = (request.id, reply)
             self._replies.move_to_end(owner)
             while len(self._replies) > REPLY_CACHE:
                 self._replies.popitem(last=False)
         router.send_multipart(envelope + reply)
+
+    def _work_loop(self) -> None:
+        """Compute deferred replies (pulls) one at a time, off the control thread."""
+        while not self._stopping.is_set():
+            try:
+                envelope, owner, request, later = self._jobs.get(timeout=IDLE_POLL)
+            except queue.Empty:
+                continue
+            try:
+                fields, extra = later.compute()
+                reply = [proto.encode_reply(request.id, **fields), *extra]
+            except ProtocolError as exc:
+                reply = [proto.encode_error(request.id, exc.code, exc.message)]
+            except Exception:
+                logger.exception("control: %s failed", request.op)
+                reply = [
+                    proto.encode_error(
+                        request.id,
+                        "internal",
+                        "the server failed to answer; see its log",
+                    )
+                ]
+            self._done.append((envelope, owner, request, reply))
+            with self._waker_lock:
+                if self._done_waker is not None:
+                    try:
+                        self._done_waker.send(b"", zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # a wake-up is already waiting
+
+    def _send_done(self, router: zmq.Socket) -> None:
+        """Send the replies the worker has finished."""
+        while self._done:
+            envelope, owner, request, reply = self._done.popleft()
+            if self._in_flight.get(owner) == request.id:
+                del self._in_flight[owner]
+            self._reply(router, envelope, owner, request, reply)
 
     def _touch(self, owner: bytes) -> None:
         """Renew the lease of every stream ``owner`` opened."""
@@ -403,8 +503,10 @@ class Server:
                 if stream.owner == owner:
                     stream.last_seen = now
 
-    def _dispatch(self, owner: bytes, request: proto.Request) -> list[bytes]:
+    def _dispatch(self, owner: bytes, request: proto.Request) -> list[bytes] | _Later:
         result = getattr(self, f"_op_{request.op}")(owner, **request.params)
+        if isinstance(result, _Later):
+            return result
         fields, extra = result if isinstance(result, tuple) else (result, [])
         logger.debug(
             "control: %s %r from %s", request.op, request.id, proto.short_repr(owner)
@@ -692,9 +794,6 @@ class Server:
                 "open one with mode 'pull' to pull poses",
             )
         target.last_seen = time.monotonic()
-        # TODO: pulls run on the control thread, so a long one (256 poses can take
-        # a second on a CPU) holds back every other client's replies meanwhile; a
-        # worker thread per pull stream would remove the wait.
         times = np.asarray(times, dtype=np.float64)  # (T,)
         with target.lock:
             motion = target.timeline.motion(times)  # (T,)
@@ -711,16 +810,23 @@ class Server:
                     "smaller jumps",
                 )
             target.frontier = max(target.frontier, float(times.max()))
-            rows = target.rows(times, continuous)  # (T, C) or (T, 2C)
-        values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C) or (T, 2C)
-        fields = {
-            "stream": stream,
-            "count": values.shape[0],
-            "channels": target.convert.width,
-            "dtype": "<f4",
-            "velocities": target.velocities,
-        }
-        return fields, [values.tobytes()]
+
+        def compute() -> tuple[dict, list[bytes]]:
+            with target.lock:
+                rows = target.rows(times, continuous)  # (T, C) or (T, 2C)
+            values = np.ascontiguousarray(rows, dtype="<f4")  # (T, C) or (T, 2C)
+            fields = {
+                "stream": stream,
+                "count": values.shape[0],
+                "channels": target.convert.width,
+                "dtype": "<f4",
+                "velocities": target.velocities,
+            }
+            return fields, [values.tobytes()]
+
+        # Solving can take a second: a worker does it, and other clients' requests
+        # are answered meanwhile.
+        return _Later(compute)
 
     def _op_streams(self, owner: bytes) -> dict:
         """This connection's open streams, each as its open reply described it,

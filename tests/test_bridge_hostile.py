@@ -241,3 +241,38 @@ def test_far_reaching_streams_do_not_stall_a_live_one():
         assert np.diff(sent).max() < 0.25  # no frame held back for long
         greedy.close()
         live_client.close()
+
+
+def test_a_long_pull_holds_back_no_other_request():
+    """A pull that solves seconds of motion is computed off the control thread:
+    another client's pings are answered meanwhile, and the pull's reply is right."""
+    import threading
+
+    from motionode.generate import MotionModel
+
+    model = MotionModel.load()
+    with (
+        Server(model) as server,
+        Client(server.control_endpoint, timeout=60.0) as puller,
+        Client(server.control_endpoint, timeout=2.0) as other,
+    ):
+        stream = puller.open_pull("prior", seed=2)
+        times = np.sort(np.random.default_rng(0).uniform(0, 25.0, 256))
+        result = {}
+        began = time.monotonic()
+        worker = threading.Thread(
+            target=lambda: result.update(rows=puller.pull(stream, times))
+        )
+        worker.start()
+        waits = []
+        while worker.is_alive() and len(waits) < 200:
+            sent = time.monotonic()
+            other.ping()
+            waits.append(time.monotonic() - sent)
+            time.sleep(0.01)
+        worker.join(60)
+        took = time.monotonic() - began
+    assert took > 0.5 and len(waits) > 10  # the pull was long enough to matter
+    assert max(waits) < 0.25
+    alone = model.open("prior", seed=2).channels_at(times).astype(np.float32)
+    assert np.array_equal(result["rows"], alone)

@@ -57,6 +57,7 @@ MAX_BATCH = 32  # frames per stream per pass, so one late stream cannot starve o
 LATE_WARNING = 1.0  # seconds behind the clock before a stream's lateness is logged
 REPLY_CACHE = 256  # routing ids whose last reply is kept for retried requests
 XPUB_LINGER_MS = 100  # time given to the final end messages when stopping
+XPUB_QUEUE = 100_000  # frames queued per subscriber before ZeroMQ drops any
 HEARTBEAT_MS = 1000  # ZeroMQ heartbeat on both sockets: a vanished peer is noticed
 HEARTBEAT_TIMEOUT_MS = 5000  # and its connection dropped after this long
 BAD_INPUT_LOGS = 20  # malformed messages logged in full per minute; the rest counted
@@ -245,6 +246,10 @@ class Server:
             socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
             socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         xpub.setsockopt(zmq.MAXMSGSIZE, 1024)
+        # Frames a late stream catches up with leave in bursts; ZeroMQ's default
+        # queue of 1000 messages per subscriber would drop some of them (this is
+        # at most about 60 MB for a subscriber that stops reading).
+        xpub.setsockopt(zmq.SNDHWM, XPUB_QUEUE)
         try:
             if self.keys is not None:
                 # The authenticator must run before a peer can connect, or ZeroMQ
@@ -851,7 +856,10 @@ class Server:
         with target.lock:
             # Frames computed ahead stay: a switch starts after every time asked.
             after = target.timeline.motion(target.control_time())[0]
-            motion = target.poses.switch(source, seed, float(after))
+            try:
+                motion = target.poses.switch(source, seed, float(after))
+            except ValueError as exc:
+                raise ProtocolError("bad_request", str(exc)) from None
             at = target.timeline.stream_time(motion)
         logger.info(
             "stream %d: switching to %s, seed %d, at motion time %.4f s",
@@ -1027,7 +1035,7 @@ class Server:
                 continue
             self._send_frames(xpub, stream, now)
             if stream.mode == "push":
-                due = stream.clock0 + stream.next_seq / stream.fps
+                due = stream.due(stream.next_seq)
                 self._check_late(stream, time.monotonic() - due)
                 if stream.ahead:
                     wake = min(wake, due)
@@ -1044,9 +1052,12 @@ class Server:
             ahead = stream.ahead
             while ahead and count < MAX_BATCH:
                 seq, row = ahead[0]
-                if stream.mode == "push" and stream.clock0 + seq / stream.fps > now:
+                if stream.mode == "push" and stream.due(seq) > now:
                     break
                 ahead.popleft()
+                # Counted as sent before it leaves: a client that has it may ask
+                # for a snapshot of the next one at once.
+                stream.next_seq = seq + 1
                 message = proto.encode_frame(
                     stream.id,
                     seq,
@@ -1056,7 +1067,6 @@ class Server:
                     row[half:] if stream.velocities else None,
                 )
                 xpub.send(message, zmq.NOBLOCK)
-                stream.next_seq = seq + 1
                 count += 1
         if count:
             logger.debug(

@@ -84,6 +84,17 @@ class Stream:
     def time_of(self, seq: int | np.ndarray) -> float | np.ndarray:
         return self.start + seq / self.fps
 
+    def due(self, seq: int) -> float:
+        """Server clock at which frame ``seq`` of a started push stream falls due:
+        its first frame (0, or a snapshot's) at ``clock0``, one every 1/fps."""
+        return self.clock0 + (seq - self.first_seq) / self.fps
+
+    def last_due(self, clock: float) -> int:
+        """The last frame that falls due at or before ``clock`` (server clock);
+        a stream not yet started counts as starting now."""
+        clock0 = self.clock0 if self.clock0 is not None else time.monotonic()
+        return self.first_seq + math.floor((clock - clock0) * self.fps + 1e-9)
+
     def heavy(self) -> bool:
         return self.timeline.speed / self.fps > HEAVY_FRAME_MOTION
 
@@ -177,10 +188,6 @@ def _lower_priority() -> None:
         logger.debug("solver: priority left as it is: %s", exc)
 
 
-def _clock0(stream: Stream, now: float) -> float:
-    return stream.clock0 if stream.clock0 is not None else now
-
-
 class Solver:
     """Computes the frames of push streams and recordings before they are sent.
 
@@ -237,7 +244,7 @@ class Solver:
             if s.clock0 is not None and (s.mode == "record" or s.heavy())
         ]
         soonest = min(
-            (_clock0(s, now) + s.computed_to / s.fps for s in light if self._room(s)),
+            (self._next_due(s, now) for s in light if self._room(s)),
             default=math.inf,
         )
         wait = soonest - self.lookahead / 2 - now
@@ -246,10 +253,18 @@ class Solver:
             wait = 0.0
         busy = False
         for s in others:
-            busy |= self._alone(s)
+            busy |= self._alone(s, now + self.lookahead)
             if self._stopping.is_set():
                 break
+            if s.mode == "push" and self._room(s):
+                wait = min(wait, self._next_due(s, now) - self.lookahead / 2 - now)
         return 0.0 if busy else wait
+
+    @staticmethod
+    def _next_due(s: Stream, now: float) -> float:
+        """When the stream's first uncomputed frame falls due (server clock)."""
+        clock0 = s.clock0 if s.clock0 is not None else now
+        return clock0 + (s.computed_to - s.first_seq) / s.fps
 
     @staticmethod
     def _room(s: Stream) -> bool:
@@ -264,8 +279,7 @@ class Solver:
             jobs = []
             for s in held:
                 first = s.computed_to
-                last = math.floor((horizon - _clock0(s, began)) * s.fps + 1e-9)
-                last = min(max(first, last), s.next_seq + MAX_AHEAD - 1)
+                last = min(max(first, s.last_due(horizon)), s.next_seq + MAX_AHEAD - 1)
                 if s.end is None and first <= last:
                     jobs.append((s, np.arange(first, last + 1)))
             rows = rows_together([(s, s.time_of(seqs)) for s, seqs in jobs])
@@ -283,19 +297,21 @@ class Solver:
         longest = max(cost for _, cost in self.costs)
         self.lookahead = min(MAX_LOOKAHEAD, max(MIN_LOOKAHEAD, 4 * longest))
 
-    def _alone(self, s: Stream) -> bool:
-        """Work on a heavy stream's next frame or a recording's next few; return
-        whether more is left to do now."""
+    def _alone(self, s: Stream, horizon: float) -> bool:
+        """Work on a heavy stream's frames due before ``horizon`` (server clock),
+        or a recording's next few, a slice of motion at a time; return whether
+        more is left to do now."""
+        motion_per_frame = max(s.timeline.speed, 1e-9) / s.fps
         if s.mode == "record":
-            motion_per_frame = max(s.timeline.speed, 1e-9) / s.fps
-            count = min(
-                RECORD_BATCH,
-                s.allowed - s.computed_to,
-                MAX_AHEAD - (s.computed_to - s.next_seq),
-                max(1, int(SLICE_MOTION_S / motion_per_frame)),
-            )
+            wanted = s.allowed - s.computed_to
         else:
-            count = 1 if s.computed_to == s.next_seq else 0
+            wanted = max(s.last_due(horizon) + 1 - s.computed_to, int(not s.ahead))
+        count = min(
+            RECORD_BATCH,
+            wanted,
+            MAX_AHEAD - (s.computed_to - s.next_seq),
+            max(1, int(SLICE_MOTION_S / motion_per_frame)),
+        )
         if count <= 0 or not s.lock.acquire(blocking=False):
             return False
         try:
@@ -308,7 +324,9 @@ class Solver:
         finally:
             s.lock.release()
         self._ready()
-        return s.mode == "record" and s.allowed > s.computed_to
+        if s.mode == "record":
+            return s.allowed > s.computed_to
+        return s.last_due(horizon) >= s.computed_to and self._room(s)
 
     @staticmethod
     def _keep(s: Stream, seqs: np.ndarray, values: np.ndarray | None) -> None:

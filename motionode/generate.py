@@ -150,6 +150,9 @@ class _Segment:
 # One part of a blended source: (source name, seed of its draws, weight).
 Component = tuple[str, int, float]
 MAX_COMPONENTS = 8  # sources in one blend
+# Switches of one stream not yet reached by any asked time: each starts half a
+# second after the one before, and planning walks them all.
+MAX_WAITING_SWITCHES = 16
 
 
 def _describe(components: Sequence[Component]) -> str:
@@ -633,6 +636,13 @@ class PoseStream:
         if not (math.isfinite(at) and at >= 0):
             raise ValueError(f"at: expected a time >= 0 in seconds, got {at!r}")
         components = self.model.components(source, int(seed))
+        asked = math.floor(self.latest * self.rate + 1e-9) if self.latest >= 0 else 0
+        waiting = sum(1 for k in self._switches if k > asked)
+        if waiting >= MAX_WAITING_SWITCHES:
+            raise ValueError(
+                f"switch: {waiting} switches are already waiting to start, the most "
+                f"a stream takes; ask for poses past them first"
+            )
         step = max(
             math.ceil(at * self.rate - 1e-9),
             math.floor(self.latest * self.rate + 1e-9) + 1 if self.latest >= 0 else 1,

@@ -172,3 +172,52 @@ def test_a_failing_stream_ends_alone(model):
             seqs = [f.seq for f in frames]
             assert seqs == list(range(seqs[0], seqs[0] + 60)) and stream.gaps == 0
         assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_far_apart_in_motion_keeps_its_rate(model):
+    """2x speed at 30 fps puts 0.067 s of motion between frames: such a stream is
+    solved on its own, in slices, and still gets every frame on time."""
+    with Server(model) as server, Client(server.control_endpoint, timeout=10) as c:
+        stream = c.open_stream("prior", fps=30, seed=4)
+        c.set_speed(stream, 2.0)
+        first = stream.recv(5.0)
+        began = time.monotonic()
+        frames = [stream.recv(2.0) for _ in range(60)]
+        took = time.monotonic() - began
+    seqs = [f.seq for f in frames]
+    assert seqs == list(range(first.seq + 1, first.seq + 61))
+    assert took < 2.5  # 60 frames at 30 fps: 2 s
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_opened_from_a_snapshot_starts_at_once(model):
+    """Frame numbers go on from the snapshot's; the first of them falls due when
+    the stream starts, not first_seq / fps later."""
+    with Server(model) as server, Client(server.control_endpoint, timeout=10) as c:
+        old = c.open_stream("prior", fps=60, seed=5)
+        for _ in range(150):
+            old.recv(5.0)
+        snap = c.request("snapshot", stream=old.id)[0]["snapshot"]
+        c.close_stream(old)
+        began = time.monotonic()
+        reply = c.request("open", fps=60.0, snapshot=snap, first_seq=snap["seq"])[0]
+        new = c.resume(reply)
+        frame = new.recv(5.0)
+        assert time.monotonic() - began < 1.0
+        assert frame.seq == snap["seq"] > 140
+        alone = model.open("prior", seed=5).channels_at([frame.t], continuous=False)
+        assert np.array_equal(frame.channels, alone[0].astype(np.float32))
+
+
+def test_switches_waiting_to_start_are_bounded(model):
+    from motionode.generate import MAX_WAITING_SWITCHES
+
+    stream = model.open("prior")
+    stream.channels_at([0.1])
+    for i in range(MAX_WAITING_SWITCHES):
+        stream.switch("prior", seed=i, at=0.2)
+    with pytest.raises(ValueError, match="waiting"):
+        stream.switch("prior", seed=99, at=0.2)
+    stream.channels_at([60.0])  # past them all
+    assert stream.switch("prior", seed=99, at=60.5) > 60.0

@@ -485,12 +485,7 @@ class Server:
                     )
                 ]
             self._done.append((envelope, owner, request, reply))
-            with self._waker_lock:
-                if self._done_waker is not None:
-                    try:
-                        self._done_waker.send(b"", zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass  # a wake-up is already waiting
+            self._wake("_done_waker")
 
     def _send_done(self, router: zmq.Socket) -> None:
         """Send the replies the worker has finished."""
@@ -971,10 +966,15 @@ class Server:
 
     def _wake_stream(self) -> None:
         """Called by the solver: frames were queued."""
+        self._wake("_waker")
+
+    def _wake(self, name: str) -> None:
+        """Wake the thread listening on the other end of waker ``name``."""
         with self._waker_lock:
-            if self._waker is not None:
+            waker = getattr(self, name)
+            if waker is not None:
                 try:
-                    self._waker.send(b"", zmq.NOBLOCK)
+                    waker.send(b"", zmq.NOBLOCK)
                 except zmq.Again:
                     pass  # a wake-up is already waiting
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bridge import RIG
 
 from bridge.client import Client, QuaternionLayout
 from bridge.conventions import QUATERNION_ORDERS, channel_map
@@ -444,29 +445,7 @@ def test_protocol_document_example_matches_the_server():
     text = " ".join(
         (Path(__file__).parents[1] / "bridge" / "PROTOCOL.md").read_text().split()
     )
-    rig = parse_bvh(
-        """HIERARCHY
-ROOT Hips
-{
-  OFFSET 0 90 0
-  CHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation
-  JOINT Chest
-  {
-    OFFSET 0 10 0
-    CHANNELS 3 Xrotation Yrotation Zrotation
-    End Site
-    {
-      OFFSET 0 20 0
-    }
-  }
-}
-MOTION
-Frames: 1
-Frame Time: 0.0333333
-0 90 0 0 0 0 0 0 0
-""",
-        "rig",
-    ).skeleton
+    rig = parse_bvh(RIG, "rig").skeleton
     pose = np.array([[1.0, 90.0, -2.0, 90.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     for name, wrote in (
         ("raw", "[1, 90, -2, 0.7071068, 0, 0, 0.7071068, 1, 0, 0, 0]"),

@@ -618,6 +618,8 @@ class Client:
     def _reopen_pull(self, stream_id: int) -> bool:
         """After a server restart: open a pull stream like ``stream_id`` again.
         False if recovery is off."""
+        # TODO: pull streams carry no snapshot: the new one is solved forward from
+        # time 0 again, and switches and speed changes of the old one are lost.
         if not self.recover or stream_id not in self._opened:
             return False
         new = self.request("open", **self._opened[stream_id])[0]["stream"]

@@ -188,6 +188,8 @@ def _lower_priority() -> None:
         logger.debug("solver: priority left as it is: %s", exc)
 
 
+# TODO: one thread solves about 190 streams at 60 fps in float64 (90 us a frame);
+# hundreds more need float32 serving or solving on more than one core.
 class Solver:
     """Computes the frames of push streams and recordings before they are sent.
 

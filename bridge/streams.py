@@ -84,16 +84,20 @@ class Stream:
     def time_of(self, seq: int | np.ndarray) -> float | np.ndarray:
         return self.start + seq / self.fps
 
-    def due(self, seq: int) -> float:
-        """Server clock at which frame ``seq`` of a started push stream falls due:
-        its first frame (0, or a snapshot's) at ``clock0``, one every 1/fps."""
-        return self.clock0 + (seq - self.first_seq) / self.fps
+    def due(self, seq: int, now: float | None = None) -> float:
+        """Server clock at which push frame ``seq`` falls due: the first frame (0,
+        or a snapshot's) at ``clock0``, one every 1/fps; a stream nobody has
+        subscribed to yet counts as starting ``now``."""
+        return self._clock0(now) + (seq - self.first_seq) / self.fps
 
     def last_due(self, clock: float) -> int:
-        """The last frame that falls due at or before ``clock`` (server clock);
-        a stream not yet started counts as starting now."""
-        clock0 = self.clock0 if self.clock0 is not None else time.monotonic()
-        return self.first_seq + math.floor((clock - clock0) * self.fps + 1e-9)
+        """The last frame that falls due at or before ``clock`` (server clock)."""
+        return self.first_seq + math.floor((clock - self._clock0()) * self.fps + 1e-9)
+
+    def _clock0(self, now: float | None = None) -> float:
+        if self.clock0 is not None:
+            return self.clock0
+        return time.monotonic() if now is None else now
 
     def heavy(self) -> bool:
         return self.timeline.speed / self.fps > HEAVY_FRAME_MOTION
@@ -265,8 +269,7 @@ class Solver:
     @staticmethod
     def _next_due(s: Stream, now: float) -> float:
         """When the stream's first uncomputed frame falls due (server clock)."""
-        clock0 = s.clock0 if s.clock0 is not None else now
-        return clock0 + (s.computed_to - s.first_seq) / s.fps
+        return s.due(s.computed_to, now)
 
     @staticmethod
     def _room(s: Stream) -> bool:

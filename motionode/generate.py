@@ -1124,13 +1124,16 @@ def _pose_rows(
     tau: torch.Tensor,
     y: torch.Tensor,
     weight: torch.Tensor | None = None,
+    fading: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Normalised poses (M, D) at segment times tau (M,) float64 of states
-    y (M, 2L + 3), M a whole number of row blocks."""
+    y (M, 2L + 3), M a whole number of row blocks; ``weight`` and ``fading``
+    as :func:`_weight` and :func:`_fading` give them, if already known."""
     L = model.net.config.latent_dim
-    weight = _weight(tau, rows.blend) if weight is None else weight
+    if weight is None:
+        weight = _weight(tau, rows.blend)
+        fading = _fading(weight)
     pose = model.decode_norm(y[:, :L]) + _fade(model, tau)[:, None] * rows.offset
-    fading = _fading(weight)
     if fading is None:
         return pose
     index, n = fading
@@ -1151,7 +1154,8 @@ def _field_rows(model: MotionModel, rows: _Rows):
 
     def f(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         weight = _weight(tau, rows.blend)
-        pose = model.denormalize(_pose_rows(model, rows, tau, y, weight))  # (M, D)
+        fading = _fading(weight)
+        pose = model.denormalize(_pose_rows(model, rows, tau, y, weight, fading))
         heading = y[:, 2 * L + 2]
         c, s = torch.cos(heading), torch.sin(heading)
         vx, vz = pose[:, 1], pose[:, 2]
@@ -1159,7 +1163,6 @@ def _field_rows(model: MotionModel, rows: _Rows):
         root = torch.stack([c * vx + s * vz, -s * vx + c * vz, pose[:, 3]], -1)
         new = model.dynamics(y[:, :L])  # (M, L)
         old = torch.zeros_like(new)
-        fading = _fading(weight)
         if fading is not None:
             index, n = fading
             old = old.index_copy(0, index[:n], model.dynamics(y[index, L : 2 * L])[:n])

@@ -144,9 +144,9 @@ def rows_together(jobs: list[tuple[Stream, np.ndarray]]) -> list[np.ndarray | No
     stream lock held.
 
     Streams without velocities are solved together; streams with them one by one
-    (their derivatives are taken per time), as are other pose sources. When the joint solve fails, each
-    stream is tried alone, so one failing stream cannot take the others down: its
-    entry is None, with the failure logged.
+    (their derivatives are taken per time), as are other pose sources. When the
+    joint solve fails, each stream is tried alone, so one failing stream cannot
+    take the others down: its entry is None, with the failure logged.
     """
     out: list[np.ndarray | None] = [None] * len(jobs)
     together = [

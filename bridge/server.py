@@ -513,11 +513,19 @@ class Server:
         )
         return [proto.encode_reply(request.id, **fields), *extra]
 
-    def _live(self, stream_id: int) -> _Stream:
+    def _live(
+        self, stream_id: int, modes: tuple[str, ...] = (), need: str = ""
+    ) -> _Stream:
+        """An open stream; with ``modes``, one of those modes, else ``wrong_mode``
+        saying ``need``."""
         with self._lock:
             stream = self._streams.get(stream_id)
         if stream is None or stream.end is not None:
             raise ProtocolError("unknown_stream", f"stream: no open stream {stream_id}")
+        if modes and stream.mode not in modes:
+            raise ProtocolError(
+                "wrong_mode", f"stream: {stream_id} is a {stream.mode} stream; {need}"
+            )
         return stream
 
     def _op_hello(self, owner: bytes) -> dict:
@@ -786,13 +794,9 @@ class Server:
     def _op_pull(
         self, owner: bytes, stream: int, times: list[float], continuous: bool
     ) -> tuple[dict, list[bytes]]:
-        target = self._live(stream)
-        if target.mode != "pull":
-            raise ProtocolError(
-                "wrong_mode",
-                f"stream: {stream} is a {target.mode} stream; "
-                "open one with mode 'pull' to pull poses",
-            )
+        target = self._live(
+            stream, ("pull",), "open one with mode 'pull' to pull poses"
+        )
         target.last_seen = time.monotonic()
         times = np.asarray(times, dtype=np.float64)  # (T,)
         with target.lock:
@@ -874,13 +878,11 @@ class Server:
     def _op_snapshot(self, owner: bytes, stream: int, seq: int | None = None) -> dict:
         """What a restarted server needs to continue a push stream or recording
         exactly from frame ``seq`` (default: the next one to send) on."""
-        target = self._live(stream)
-        if target.mode == "pull":
-            raise ProtocolError(
-                "wrong_mode",
-                f"stream: {stream} is a pull stream; only push streams and "
-                "recordings have snapshots",
-            )
+        target = self._live(
+            stream,
+            ("push", "record"),
+            "only push streams and recordings have snapshots",
+        )
         if not hasattr(target.poses, "snapshot"):
             raise ProtocolError(
                 "bad_request", "snapshot: this server's model does not take snapshots"
@@ -921,13 +923,9 @@ class Server:
         return {"stream": stream, "seq": seq, "t": t, "bytes": size, "snapshot": body}
 
     def _op_ack(self, owner: bytes, stream: int, received: int) -> dict:
-        target = self._live(stream)
-        if target.mode != "record":
-            raise ProtocolError(
-                "wrong_mode",
-                f"stream: {stream} is a {target.mode} stream; only a 'record' "
-                "stream takes acknowledgements",
-            )
+        target = self._live(
+            stream, ("record",), "only a 'record' stream takes acknowledgements"
+        )
         if received > target.next_seq:
             raise ProtocolError(
                 "bad_request",
